@@ -1,0 +1,127 @@
+"""``asrpool serve``: the pool and the gateway in one foreground process.
+
+The process is the supervisor of the workers and runs the uvicorn server on the
+same event loop. SIGTERM or Ctrl-C drain it: /ready turns 503, new requests get
+503, in-flight requests finish within ``graceful_timeout``, the workers stop,
+and the process exits 0. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Generator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from supervisor.config import Config
+from supervisor.pool import BootError, Pool
+
+logger = logging.getLogger("asrpool.supervisor")
+
+EXIT_OK = 0
+#: A model could not be loaded by any of its workers (gunicorn's HaltServer).
+EXIT_HALTED = 3
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with signals that drain the pool and an exit code of 0.
+
+    uvicorn re-raises a captured signal after shutting down (so the process dies
+    by it); a supervisor that finished cleanly exits 0 instead.
+    """
+
+    def __init__(self, config: uvicorn.Config, pool: Pool) -> None:
+        super().__init__(config)
+        self.pool = pool
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Signal handler: only set flags; the loop acts on them.
+        self.pool.draining = True
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def serve(config: Config, *, extra_routes: list[Any] | None = None) -> int:
+    """Run the server in the foreground until a signal; return the exit code."""
+    setup_logging(config.server.log_level, config.server.log_format)
+    return asyncio.run(_serve(config, extra_routes or []))
+
+
+async def _serve(config: Config, extra_routes: list[Any]) -> int:
+    from gateway.app import create_app
+
+    pool = Pool(config)
+    app = create_app(pool, config, extra_routes=extra_routes)
+    await pool.start(wait=False)
+    uv_config = uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, lifespan="off",
+        log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(config.server.graceful_timeout) or None,
+    )
+    server = Server(uv_config, pool)
+    halted: list[str] = []
+
+    async def watch_boot() -> None:
+        try:
+            await pool.wait_ready(config.pool.boot_timeout)
+            logger.info("all models ready: %s", ", ".join(pool.models))
+        except BootError as exc:
+            halted.append(str(exc))
+            logger.error("halting: %s", exc)
+            server.should_exit = True
+
+    watcher = asyncio.ensure_future(watch_boot())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+        await pool.stop(graceful=not server.force_exit and not halted)
+    return EXIT_HALTED if halted else EXIT_OK

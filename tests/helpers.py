@@ -1,0 +1,192 @@
+"""Shared test helpers: waiting on events with a deadline, and a real server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+T = TypeVar("T")
+
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, message: str = "",
+               interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise Timeout(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)  # wait_until: the only pause, bounded by the deadline
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+DEFAULT_CONFIG = """
+[server]
+graceful_timeout = 20
+
+[pool]
+job_deadline_base = 60
+
+[[models]]
+name = "tiny.en"
+aliases = ["whisper-1"]
+workers = 2
+cpu_threads = 1
+"""
+
+
+class Server:
+    """A real ``asrpool serve`` in a child process, on a free loopback port."""
+
+    def __init__(self, config: str = DEFAULT_CONFIG, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.TemporaryDirectory(prefix="asrpool-test-")
+        self.config_path = Path(self._dir.name) / "asrpool.toml"
+        self.config_path.write_text(config)
+        self.log_path = Path(self._dir.name) / "server.log"
+        self.args = args
+        self.env = {**os.environ, "ASRPOOL_RUNTIME_DIR": self._dir.name, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.children: set[int] = set()
+
+    def start(self, wait_ready: bool = True, timeout: float = 60) -> Server:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(self.config_path),
+             "--port", str(self.port), *self.args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
+        )
+        if wait_ready:
+            wait_until(self.is_ready, timeout, "server /ready")
+            self.remember_children()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def is_ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.url + "/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ready_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(self.url + "/ready", timeout=5).json()
+        return body
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker id -> pid of the running workers, from /ready."""
+        return {w["id"]: w["pid"] for w in self.ready_body()["workers"] if w["pid"]}
+
+    def remember_children(self) -> None:
+        """Record every descendant, so teardown can check none is left behind."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.children |= {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.remember_children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"server did not stop within {timeout}s:\n{self.log()}")
+        self._log.close()
+        return self.proc.returncode
+
+    def assert_no_children_left(self, timeout: float = 5) -> None:
+        wait_until(lambda: all(process_gone(p) for p in self.children), timeout,
+                   f"children {sorted(self.children)} to exit")
+
+    def close(self) -> None:
+        """Teardown: stop, kill what is left, and fail if anything stayed behind."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop()
+        finally:
+            for pid in self.children:
+                if not process_gone(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._dir.cleanup()
+
+    def post_audio(self, fixture: str, path: str = "/v1/audio/transcriptions",
+                   data: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                   timeout: float = 60) -> httpx.Response:
+        with open(FIXTURES / fixture, "rb") as fh:
+            return httpx.post(self.url + path, files={"file": (fixture, fh)},
+                              data=data or {}, headers=headers, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_server(config: str = DEFAULT_CONFIG, args: tuple[str, ...] = (),
+                   env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = Server(config, args, env)
+    try:
+        server.start()
+        yield server
+        assert server.stop() == 0, server.log()
+        server.assert_no_children_left()
+    finally:
+        server.close()
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None,
+                        code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text)
+    body: dict[str, Any] = response.json()
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
