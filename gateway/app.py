@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import EXCEPTION_HANDLERS, UploadTooLarge, error_body
@@ -89,8 +90,8 @@ async def _send_json(send: Send, status: int, exc: UploadTooLarge) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(pool: Pool, config: Config | None = None, *, extra_routes: list[Any] = ()
-               ) -> Starlette:
+def create_app(pool: Pool, config: Config | None = None, *,
+               extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The gateway for ``pool``. The pool must be started on the same event loop."""
     config = config or pool.config
     app = Starlette(

@@ -13,7 +13,7 @@ def full_text(result: dict[str, Any]) -> str:
 
 
 def _timestamp(seconds: float, decimal: str) -> str:
-    ms = int(round(max(0.0, seconds) * 1000))
+    ms = round(max(0.0, seconds) * 1000)
     hours, ms = divmod(ms, 3_600_000)
     minutes, ms = divmod(ms, 60_000)
     secs, ms = divmod(ms, 1000)

@@ -329,11 +329,10 @@ class Overrides:
 def apply_overrides(config: Config, o: Overrides) -> Config:
     """Return a new Config with the flags applied, validated like the file."""
     try:
-        server = replace(
-            config.server,
-            **{k: v for k, v in (("host", o.host), ("port", o.port),
-                                 ("log_format", o.log_format)) if v is not None},
-        )
+        server_changes: dict[str, Any] = {k: v for k, v in (
+            ("host", o.host), ("port", o.port), ("log_format", o.log_format),
+        ) if v is not None}
+        server = replace(config.server, **server_changes)
         first = config.models[0]
         changes: dict[str, Any] = {k: v for k, v in (
             ("workers", o.workers), ("device", o.device),

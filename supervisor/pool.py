@@ -137,7 +137,7 @@ class Pool:
         deadline = time.monotonic() + timeout
         while True:
             pending = []
-            for name, slot in self.models.items():
+            for name in self.models:
                 handles = self.handles(name)
                 if not handles:
                     continue
@@ -680,7 +680,7 @@ class Pool:
                 self.workers.pop(handle.id, None)
         waits = [h.exited.wait() for h in handles if h.process is not None]
         if waits:
-            done, pending = await asyncio.wait(
+            _, pending = await asyncio.wait(
                 [asyncio.ensure_future(w) for w in waits],
                 timeout=self.config.server.graceful_timeout if graceful else 1.0)
             for task in pending:
@@ -748,7 +748,8 @@ def worker_rss_mb(handle: WorkerHandle) -> float | None:
     import psutil
 
     try:
-        return round(psutil.Process(handle.pid).memory_info().rss / (1024 * 1024), 1)
+        rss: int = psutil.Process(handle.pid).memory_info().rss
+        return round(rss / (1024 * 1024), 1)
     except psutil.Error:
         return None
 

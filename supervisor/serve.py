@@ -89,17 +89,17 @@ class Server(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(config: Config, *, extra_routes: list[Any] | None = None) -> int:
+def serve(config: Config) -> int:
     """Run the server in the foreground until a signal; return the exit code."""
     setup_logging(config.server.log_level, config.server.log_format)
-    return asyncio.run(_serve(config, extra_routes or []))
+    return asyncio.run(_serve(config))
 
 
-async def _serve(config: Config, extra_routes: list[Any]) -> int:
+async def _serve(config: Config) -> int:
     from gateway.app import create_app
 
     pool = Pool(config)
-    app = create_app(pool, config, extra_routes=extra_routes)
+    app = create_app(pool, config)
     await pool.start(wait=False)
     uv_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port, lifespan="off",

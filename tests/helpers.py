@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import psutil
@@ -84,9 +84,10 @@ class Server:
         self.env = {**os.environ, "ASRPOOL_RUNTIME_DIR": self._dir.name, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.children: set[int] = set()
+        self._log: BinaryIO | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> Server:
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(self.config_path),
              "--port", str(self.port), *self.args],
@@ -138,7 +139,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
                 raise AssertionError(f"server did not stop within {timeout}s:\n{self.log()}")
-        self._log.close()
         return self.proc.returncode
 
     def assert_no_children_left(self, timeout: float = 5) -> None:
@@ -155,6 +155,8 @@ class Server:
                 if not process_gone(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+            if self._log is not None:
+                self._log.close()
             self._dir.cleanup()
 
     def post_audio(self, fixture: str, path: str = "/v1/audio/transcriptions",

@@ -93,7 +93,7 @@ class Engine:
             raise AudioError("the uploaded file is empty")
         try:
             audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
-        except Exception as exc:  # PyAV raises many types for hostile media
+        except Exception as exc:  # noqa: BLE001 - PyAV raises many types on hostile media
             raise AudioError(f"could not decode the audio: {exc}") from None
         if audio.size == 0:
             raise AudioError("the uploaded file holds no audio samples")

@@ -114,7 +114,7 @@ def run(spec: WorkerSpec, conn: Connection, control: Connection) -> None:
 
     try:
         engine = Engine(spec)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - any failure to boot is a boot error
         message = f"cannot load model {spec.model_name!r} from {spec.model_path!r}: {exc}"
         logger.error("%s", message)
         try:
@@ -165,7 +165,7 @@ def _serve_job(engine: Engine, conn: Connection, job: Job, payload: bytes,
         return JobFailed(job.job_id, "bad_audio", str(exc), param="file")
     except OptionsError as exc:
         return JobFailed(job.job_id, "bad_options", str(exc), param=exc.param)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - one job fails, the worker serves on
         logger.error("job %s failed: %s", job.job_id, traceback.format_exc())
         return JobFailed(job.job_id, "internal", f"{type(exc).__name__}: {exc}")
 

@@ -1,0 +1,84 @@
+"""``asrpool serve`` as a process: signals, exit codes, orphans."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.helpers import (
+    DEFAULT_CONFIG,
+    ROOT,
+    Server,
+    process_gone,
+    running_server,
+    wait_until,
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_exit_0(sig: int) -> None:
+    server = Server().start()
+    try:
+        workers = server.worker_pids()
+        assert len(workers) == 2
+        assert server.stop(sig) == 0, server.log()
+        server.assert_no_children_left()
+        assert "exited: SIGTERM" in server.log()
+    finally:
+        server.close()
+
+
+def test_sigkill_of_the_gateway_ends_every_worker_within_2s() -> None:
+    """Even a worker in the middle of a job: no orphan keeps model memory."""
+    server = Server().start()
+    try:
+        workers = server.worker_pids()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(server.post_audio, "long.wav")
+            wait_until(lambda: any(w["state"] == "busy" for w in server.ready_body()["workers"]),
+                       30, "a busy worker")
+            server.stop(signal.SIGKILL)
+            wait_until(lambda: all(process_gone(p) for p in workers.values()), 2.0,
+                       "every worker to exit after the gateway's SIGKILL")
+            with pytest.raises(httpx.HTTPError):
+                pending.result(timeout=10)
+    finally:
+        server.close()
+
+
+def test_model_that_cannot_load_halts_without_crash_looping(tmp_path: object) -> None:
+    config = DEFAULT_CONFIG.replace('name = "tiny.en"',
+                                    'name = "broken"\nsource = "/nonexistent/model/dir"')
+    server = Server(config)
+    try:
+        server.start(wait_ready=False)
+        assert server.proc is not None
+        code = server.proc.wait(timeout=60)
+        log = server.log()
+        assert code == 3, log
+        assert "cannot load model 'broken'" in log
+        assert log.count(": spawned") == 2  # one per worker, never respawned
+        server.assert_no_children_left()
+    finally:
+        server.close()
+
+
+def test_config_error_names_key_and_file(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "bad.toml"  # type: ignore[operator]
+    path.write_text("[pool]\nmax_attemps = 3\n")
+    result = subprocess.run([sys.executable, "-m", "supervisor.cli", "serve", "--config",
+                             str(path)], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                            check=False)
+    assert result.returncode == 2
+    assert "pool.max_attemps" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_flags_override_the_file() -> None:
+    with running_server(args=("--workers", "1", "--cpu-threads", "2")) as server:
+        assert len(server.worker_pids()) == 1
