@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.admin import routes as admin_routes
 from gateway.errors import EXCEPTION_HANDLERS, UploadTooLarge, error_body
 from gateway.routes import routes
 from supervisor.config import Config
@@ -90,16 +91,23 @@ async def _send_json(send: Send, status: int, exc: UploadTooLarge) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(pool: Pool, config: Config | None = None, *,
+def create_app(pool: Pool, config: Config | None = None, *, admin_token: str = "",
+               shutdown: Callable[[], None] | None = None,
                extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The gateway for ``pool``. The pool must be started on the same event loop."""
+    """The gateway for ``pool``; the pool runs on the same event loop.
+
+    ``admin_token`` guards /admin/* (empty: every admin request gets 401);
+    ``shutdown`` is what /admin/stop calls to end the server.
+    """
     config = config or pool.config
     app = Starlette(
-        routes=[*routes, *extra_routes],
+        routes=[*routes, *admin_routes, *extra_routes],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(RequestId),
                     Middleware(BodyLimit, max_upload_bytes=config.server.max_upload_bytes)],
     )
     app.state.pool = pool
     app.state.config = config
+    app.state.admin_token = admin_token
+    app.state.shutdown = shutdown
     return app

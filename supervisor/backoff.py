@@ -29,4 +29,6 @@ def restart_delay(
     excess = recent_deaths - max_restarts
     if excess <= 0:
         return 0.0
-    return float(min(cap, base * 2 ** (excess - 1)))
+    # Bound the exponent: past 2**64 every useful base is over any sane cap, and an
+    # unbounded one overflows a float after ~1000 deaths in a long window.
+    return float(min(cap, base * 2.0 ** min(excess - 1, 64)))

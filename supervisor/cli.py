@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
+from supervisor.admin_client import AdminClient, CLIError, find_token
 from supervisor.config import (
     COMPUTE_TYPES,
     DEVICES,
@@ -15,6 +19,7 @@ from supervisor.config import (
     apply_overrides,
     load_config,
 )
+from supervisor.protocol import FAULT_KINDS, FAULT_WHEN
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +57,177 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+# ------------------------------------------------------------------ admin commands
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="the server (default: from --config, else "
+                   "http://127.0.0.1:8000)")
+    p.add_argument("--token", help="admin token (default: ASRPOOL_ADMIN_TOKEN, else the "
+                   "token file the server wrote for this user)")
+    p.add_argument("--config", metavar="FILE", help="config file to take the URL from")
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    url = args.url
+    if not url:
+        try:
+            server = load_config(args.config).server
+        except ConfigError as exc:
+            raise CLIError(f"config error: {exc}", code=2) from None
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        url = f"http://{host}:{server.port}"
+    return AdminClient(url, find_token(url, args.token))
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The worker table and pool summary that ``asrpool status`` prints. Pure."""
+    columns = ["ID", "PID", "MODEL", "DEVICE", "STATE", "UPTIME", "JOBS", "RESTARTS",
+               "LAST EXIT", "RSS MB", "JOB AGE"]
+    rows = [[
+        str(w["id"]), str(w["pid"] or "-"), w["model"], w["device"],
+        w["state"] + (" (retiring)" if w.get("retiring") else ""),
+        _fmt_seconds(w["uptime"]) if w["pid"] else "-", str(w["jobs_done"]),
+        str(w["restarts"]), w["last_exit"] or "-",
+        f"{w['rss_mb']:.0f}" if w["rss_mb"] is not None else "-",
+        _fmt_seconds(w["job_age"]),
+    ] for w in status["workers"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(columns)).rstrip()]
+    lines += ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
+    for w in status["workers"]:
+        if w.get("boot_error"):
+            lines.append(f"worker {w['id']}: boot error: {w['boot_error']}")
+    state = "ready" if status["ready"] else ("draining" if status["draining"] else "not ready")
+    lines.append("")
+    lines.append(f"pool: {state}   queue depth: {status['queue_depth']}   "
+                 f"in flight: {status['in_flight']}   "
+                 f"quarantined inputs: {len(status['quarantined'])}")
+    for q in status["quarantined"]:
+        lines.append(f"  quarantined {q['fingerprint']} ({q['model']}): {q['reason']}, "
+                     f"expires in {_fmt_seconds(q['expires_in'])}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    while True:
+        status = client.call("GET", "/admin/status")
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print(format_status(status), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    if not args.workers and not args.all:
+        raise CLIError("name the workers to restart, or pass --all", code=2)
+    body = {"workers": args.workers or None, "all": args.all, "force": args.force}
+    result = _client(args).call("POST", "/admin/restart", body)
+    print(f"restarted: {', '.join(map(str, result['restarted'])) or 'none'}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"workers": args.n}
+    if args.model:
+        body["model"] = args.model
+    result = _client(args).call("POST", "/admin/scale", body)
+    print(f"{result['model']}: {result['workers']} workers")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    result = _client(args).call("POST", "/admin/drain")
+    print("drained" + ("" if result["finished_in_time"] else
+                       " (work still running at graceful_timeout was failed)"))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    result = _client(args).call("POST", "/admin/stop")
+    print("stopping" + ("" if result["finished_in_time"] else
+                        " (work still running at graceful_timeout was failed)"))
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    body = {"worker": args.worker, "fault": args.fault, "when": args.when, "arg": args.arg}
+    _client(args).call("POST", "/admin/inject", body)
+    print(f"injected {args.fault} ({args.when}) into worker {args.worker}")
+    return 0
+
+
+def _add_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="show every worker and the queue",
+                       description="Show every worker (id, pid, model, device, state, "
+                       "uptime, jobs, restarts, last exit, RSS, current job age), the queue "
+                       "depth, in-flight requests and quarantined inputs.")
+    _add_client_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("restart", help="restart workers (graceful by default)",
+                       description="Restart workers one after another. Graceful: each "
+                       "replacement is ready before the old worker finishes its job and "
+                       "stops, so no request fails. --force kills at once; the job in flight "
+                       "is retried. Exits non-zero if a replacement failed.")
+    _add_client_options(p)
+    p.add_argument("workers", nargs="*", type=int, metavar="WORKER", help="worker ids")
+    p.add_argument("--all", action="store_true", help="every worker (a rolling restart)")
+    p.add_argument("--force", action="store_true", help="kill at once, retry the job")
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser("scale", help="set a model's worker count",
+                       description="Add or remove workers at runtime; removed workers "
+                       "finish their job first.")
+    _add_client_options(p)
+    p.add_argument("n", type=int, metavar="N", help="the number of workers")
+    p.add_argument("--model", help="the model (default: the first one)")
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("drain", help="stop accepting work, finish it, stop the workers",
+                       description="New requests get 503 and /ready 503; in-flight work "
+                       "finishes within graceful_timeout; then the workers stop. The server "
+                       "keeps answering /health and the admin API.")
+    _add_client_options(p)
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("stop", help="drain, then stop the server",
+                       description="Drain, then stop the server process (it exits 0).")
+    _add_client_options(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("inject", help="inject a fault into a worker (testing)",
+                       description="Inject a real fault into a worker. The server must run "
+                       "with --enable-faults.")
+    _add_client_options(p)
+    p.add_argument("--worker", type=int, required=True, help="worker id")
+    p.add_argument("--fault", required=True, choices=FAULT_KINDS)
+    p.add_argument("--when", default="now", choices=FAULT_WHEN)
+    p.add_argument("--arg", type=float, default=0.0,
+                   help="exit code (exit), seconds (slow) or MB (leak)")
+    p.set_defaults(func=cmd_inject)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asrpool",
@@ -60,13 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve(sub)
+    _add_admin(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except CLIError as exc:
+        print(f"asrpool: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
     return result
 
 

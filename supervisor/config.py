@@ -192,7 +192,10 @@ class Config:
         for model in self.models:
             for name in model.names:
                 if name in seen:
-                    raise ConfigError("models", f"name {name!r} is used by two models")
+                    other = seen[name]
+                    why = ("is both its name and an alias" if other == model.name
+                           else f"is used by models {other!r} and {model.name!r}")
+                    raise ConfigError("models", f"name {name!r} {why}")
                 seen[name] = model.name
 
     @property
@@ -340,7 +343,8 @@ def apply_overrides(config: Config, o: Overrides) -> Config:
         ) if v is not None}
         if o.model is not None and o.model != first.name:
             # A new model replaces the first one's identity, keeping its aliases.
-            changes.update(name=o.model, source=o.model)
+            changes.update(name=o.model, source=o.model,
+                           aliases=tuple(a for a in first.aliases if a != o.model))
         models = (replace(first, **changes), *config.models[1:])
         faults = config.faults
         if o.faults_enabled is not None:

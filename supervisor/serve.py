@@ -21,12 +21,15 @@ from typing import Any
 
 import uvicorn
 
+from supervisor import runtime
 from supervisor.config import Config
 from supervisor.pool import BootError, Pool
 
 logger = logging.getLogger("asrpool.supervisor")
 
 EXIT_OK = 0
+#: The configuration is unsafe to serve.
+EXIT_REFUSED = 2
 #: A model could not be loaded by any of its workers (gunicorn's HaltServer).
 EXIT_HALTED = 3
 
@@ -89,17 +92,45 @@ class Server(uvicorn.Server):
             self.should_exit = True
 
 
+class StartupRefused(RuntimeError):
+    """The configuration is unsafe to serve (a public address with no token)."""
+
+
+def admin_token_for(config: Config) -> tuple[str, bool]:
+    """The admin token, and whether it was generated here (to be written to the
+    runtime file). Refuses a non-loopback bind with no configured token."""
+    token = runtime.configured_token(config.server.admin_token)
+    if token:
+        return token, False
+    if not runtime.is_loopback(config.server.host):
+        raise StartupRefused(
+            f"refusing to bind {config.server.host}: a non-loopback address needs an admin "
+            f"token (server.admin_token or {runtime.TOKEN_ENV})")
+    return runtime.new_token(), True
+
+
 def serve(config: Config) -> int:
     """Run the server in the foreground until a signal; return the exit code."""
     setup_logging(config.server.log_level, config.server.log_format)
-    return asyncio.run(_serve(config))
+    try:
+        token, generated = admin_token_for(config)
+    except StartupRefused as exc:
+        logger.error("%s", exc)
+        return EXIT_REFUSED
+    return asyncio.run(_serve(config, token, generated))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, token: str, generated: bool) -> int:
     from gateway.app import create_app
 
     pool = Pool(config)
-    app = create_app(pool, config)
+    server: Server | None = None
+
+    def shutdown() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(pool, config, admin_token=token, shutdown=shutdown)
     await pool.start(wait=False)
     uv_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port, lifespan="off",
@@ -108,6 +139,10 @@ async def _serve(config: Config) -> int:
     )
     server = Server(uv_config, pool)
     halted: list[str] = []
+    port = config.server.port
+    if generated:
+        path = runtime.write_token_file(port, token, f"http://{config.server.host}:{port}")
+        logger.info("admin token written to %s (mode 0600)", path)
 
     async def watch_boot() -> None:
         try:
@@ -123,5 +158,9 @@ async def _serve(config: Config) -> int:
         await server.serve()
     finally:
         watcher.cancel()
-        await pool.stop(graceful=not server.force_exit and not halted)
+        try:
+            await pool.stop(graceful=not server.force_exit and not halted)
+        finally:
+            if generated:
+                runtime.remove_token_file(port)
     return EXIT_HALTED if halted else EXIT_OK

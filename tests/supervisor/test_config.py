@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
 
-from supervisor import config as config_module
 from supervisor.config import (
     Config,
     ConfigError,
@@ -361,7 +361,7 @@ def test_bad_override_names_command_line(overrides: Overrides, key: str) -> None
 
 
 def test_threads_for_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     model = ModelConfig(cpu_threads=3)
     assert Config(models=(model,)).threads_for(model) == 3
 
@@ -381,7 +381,7 @@ def test_threads_for_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_threads_for_shares_cores(monkeypatch: pytest.MonkeyPatch, cores: int | None,
                                   workers: tuple[int, ...], expected: int) -> None:
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     models = tuple(ModelConfig(name=f"m{i}", workers=w) for i, w in enumerate(workers))
     config = Config(models=models)
     for model in models:
