@@ -326,7 +326,13 @@ class Pool:
             if handle.ready_waiter is not None and not handle.ready_waiter.done():
                 handle.ready_waiter.set_result(True)
             self._emit("worker_ready", model=handle.model, worker=handle.id)
-            self._after_idle(handle)
+            limit = self.config.pool.max_worker_rss_mb
+            rss = worker_rss_mb(handle) if limit else None
+            if rss is not None and rss > limit:
+                logger.warning("worker %s pid %s: %.0f MB resident right after boot, over "
+                               "max_worker_rss_mb = %d: it will be recycled after every job",
+                               handle.id, handle.pid, rss, limit)
+            self._after_idle(handle, after_job=False)
         elif isinstance(message, BootFailed):
             handle.boot_error = message.message
         elif isinstance(message, JobStarted):
@@ -356,22 +362,22 @@ class Pool:
             self._notify()
             if handle.state is WorkerState.BUSY:
                 handle.set_state(WorkerState.READY)
-            self._after_idle(handle)
+            self._after_idle(handle, after_job=True)
         elif isinstance(message, WorkerError):
             logger.error("worker %s pid %s: %s", handle.id, handle.pid, message.message)
 
-    def _after_idle(self, handle: WorkerHandle) -> None:
-        """A worker has no job: retire it, recycle it, or give it the next job."""
+    def _after_idle(self, handle: WorkerHandle, after_job: bool = False) -> None:
+        """A worker has no job: retire it, recycle it (only ever right after a job),
+        or give it the next job."""
         if handle.retiring:
             handle.set_state(WorkerState.DRAINING, handle.retire_reason)
             handle.stop_requested = True
             handle.send_shutdown()
             self._arm_timer(handle, self.config.server.graceful_timeout, self._terminate)
             return
-        reason = self._recycle_reason(handle)
+        reason = self._recycle_reason(handle) if after_job and not handle.replacing else ""
         if reason:
-            self._spawn_task(self._replace(handle, reason))
-            return
+            self._spawn_task(self._recycle(handle, reason))
         slot = self.models.get(handle.model)
         if slot is not None:
             self._dispatch(slot)
@@ -489,27 +495,33 @@ class Pool:
 
     # ------------------------------------------------------------------ control
 
-    async def _replace(self, old: WorkerHandle, reason: str) -> None:
-        """Graceful replacement: the new worker is ready before the old one drains."""
-        if old.retiring:
-            return
-        old.retiring = True
-        old.retire_reason = reason
+    async def _replace(self, old: WorkerHandle, reason: str) -> int | None:
+        """Graceful replacement: the old worker keeps serving until the new one is
+        ready, then finishes its job and stops. Returns the new worker's id."""
+        if old.retiring or old.replacing:
+            return None
+        old.replacing = True
         model = self.models[old.model].config
         new = self._add_worker(model)
         logger.info("worker %s pid %s: replacing (%s) with worker %s", old.id, old.pid, reason,
                     new.id)
-        ok = await self._wait_booted(new)
-        if not ok:
-            # Keep serving on the old worker rather than lose capacity.
-            old.retiring = False
-            old.retire_reason = ""
-            if old.state is WorkerState.DRAINING:
-                old.set_state(WorkerState.READY, "replacement failed")
-            self._after_idle(old) if old.idle else None
-            raise RestartFailed(f"replacement for worker {old.id} did not become ready: "
-                                f"{new.boot_error or new.last_exit or 'timeout'}")
-        await self._retire(old, reason)
+        try:
+            ok = await self._wait_booted(new)
+            if not ok:
+                await self._retire(new, "replacement failed")
+                raise RestartFailed(f"replacement for worker {old.id} did not become ready: "
+                                    f"{new.boot_error or new.last_exit or 'timeout'}")
+            await self._retire(old, reason)
+            return new.id
+        finally:
+            old.replacing = False
+
+    async def _recycle(self, handle: WorkerHandle, reason: str) -> None:
+        try:
+            await self._replace(handle, reason)
+        except RestartFailed as exc:
+            logger.error("worker %s pid %s: recycling failed, it keeps serving: %s",
+                         handle.id, handle.pid, exc)
 
     async def _wait_booted(self, handle: WorkerHandle) -> bool:
         waiter = handle.ready_waiter
@@ -582,9 +594,9 @@ class Pool:
                                         f"{handle.boot_error or handle.last_exit}")
                 replaced.append(handle.id)
             else:
-                before = set(self.workers)
-                await self._replace(handle, "restart")
-                replaced.extend(set(self.workers) - before)
+                new_id = await self._replace(handle, "restart")
+                if new_id is not None:
+                    replaced.append(new_id)
         return replaced
 
     async def scale(self, model: str, n: int) -> dict[str, Any]:

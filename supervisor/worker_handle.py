@@ -86,6 +86,8 @@ class WorkerHandle:
         self.deadline_hit = False
         #: The slot ends for good when its process exits (drained, scaled down).
         self.retiring = False
+        #: A replacement is booting; this worker serves until it is ready.
+        self.replacing = False
         self.retire_reason = ""
         self.recycle_after = 0
         self.timer: asyncio.TimerHandle | None = None

@@ -159,6 +159,32 @@ class Server:
                 self._log.close()
             self._dir.cleanup()
 
+    def token(self) -> str:
+        """The admin token the server generated into its runtime file."""
+        import json
+
+        data = json.loads((Path(self._dir.name) / f"admin-{self.port}.json").read_text())
+        token: str = data["token"]
+        return token
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None,
+              timeout: float = 120) -> httpx.Response:
+        return httpx.request(method, self.url + path, json=body, timeout=timeout,
+                             headers={"Authorization": f"Bearer {self.token()}"})
+
+    def status(self) -> dict[str, Any]:
+        response = self.admin("GET", "/admin/status")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run ``asrpool ARGS --url <this server>`` as the same user would."""
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", *args, "--url", self.url],
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=self.env,
+            check=False)
+
     def post_audio(self, fixture: str, path: str = "/v1/audio/transcriptions",
                    data: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
                    timeout: float = 60) -> httpx.Response:
@@ -178,6 +204,68 @@ def running_server(config: str = DEFAULT_CONFIG, args: tuple[str, ...] = (),
         server.assert_no_children_left()
     finally:
         server.close()
+
+
+class Load:
+    """Clients sending a fixture in a loop until stopped; every answer is kept.
+
+    Bounded: each client stops after ``max_requests`` or ``max_seconds``.
+    """
+
+    def __init__(self, server: Server, clients: int = 2, fixture: str = "short.wav",
+                 max_requests: int = 200, max_seconds: float = 120) -> None:
+        import threading
+
+        self.server = server
+        self.fixture = fixture
+        self.results: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._max_requests = max_requests
+        self._deadline = time.monotonic() + max_seconds
+        self._threads = [threading.Thread(target=self._client, daemon=True)
+                         for _ in range(clients)]
+
+    def _client(self) -> None:
+        for _ in range(self._max_requests):
+            if self._stop.is_set() or time.monotonic() > self._deadline:
+                return
+            try:
+                response = self.server.post_audio(self.fixture, timeout=120)
+                with self._lock:
+                    self.results.append((response.status_code, response.text))
+            except httpx.HTTPError as exc:
+                with self._lock:
+                    self.errors.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results) + len(self.errors)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=180)
+            assert not t.is_alive(), "a load client did not finish"
+
+    def failures(self, expected_text: str) -> list[str]:
+        """Every answer that is not a 200 with the expected transcript."""
+        import json
+
+        bad = list(self.errors)
+        for status, body in self.results:
+            if status != 200 or json.loads(body).get("text") != expected_text:
+                bad.append(f"{status}: {body[:200]}")
+        return bad
 
 
 def assert_openai_error(response: httpx.Response, status: int, param: str | None = None,

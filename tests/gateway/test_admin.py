@@ -1,0 +1,87 @@
+"""The admin API against a real server: auth, status, restart, scale, inject."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import Server, assert_openai_error, wait_until
+
+
+def test_admin_needs_the_token(server: Server) -> None:
+    url = server.url + "/admin/status"
+    error = assert_openai_error(httpx.get(url), 401, code="invalid_token")
+    assert error["type"] == "authentication_error"
+    assert_openai_error(httpx.get(url, headers={"Authorization": "Bearer wrong"}), 401)
+    assert_openai_error(httpx.get(url, headers={"Authorization": server.token()}), 401)
+    assert_openai_error(httpx.post(server.url + "/admin/restart", json={"all": True}), 401)
+    assert httpx.get(url, headers={"Authorization": f"Bearer {server.token()}"}
+                     ).status_code == 200
+
+
+def test_generated_token_file_is_private(server: Server) -> None:
+    path = Path(server.env["ASRPOOL_RUNTIME_DIR"]) / f"admin-{server.port}.json"
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o600
+    assert len(server.token()) >= 32
+
+
+def test_status_lists_every_worker(server: Server) -> None:
+    status = server.status()
+    assert status["ready"] is True
+    assert status["queue_depth"] == 0
+    assert status["in_flight"] == 0
+    assert status["quarantined"] == []
+    assert len(status["workers"]) == 2
+    for worker in status["workers"]:
+        assert worker["state"] in ("ready", "busy")
+        assert worker["model"] == "tiny.en"
+        assert worker["device"] == "cpu"
+        assert isinstance(worker["pid"], int)
+        assert worker["rss_mb"] > 10
+        assert {"id", "restarts", "jobs_done", "last_exit", "uptime", "job_age"} <= set(worker)
+
+
+def test_graceful_restart_of_one_worker(server: Server) -> None:
+    before = {w["id"]: w["pid"] for w in server.status()["workers"]}
+    victim = min(before)
+    response = server.admin("POST", "/admin/restart", {"workers": [victim]})
+    assert response.status_code == 200, response.text
+    (new_id,) = response.json()["restarted"]
+    after = {w["id"]: w["pid"] for w in server.status()["workers"]}
+    assert victim not in after and new_id in after
+    assert len(after) == 2
+    wait_until(lambda: victim not in server.worker_pids(), 10, "the old worker to go")
+
+
+def test_forced_restart_keeps_the_slot(server: Server) -> None:
+    workers = {w["id"]: w for w in server.status()["workers"]}
+    victim = min(workers)
+    response = server.admin("POST", "/admin/restart", {"workers": [victim], "force": True})
+    assert response.status_code == 200, response.text
+    after = {w["id"]: w for w in server.status()["workers"]}
+    assert after[victim]["pid"] != workers[victim]["pid"]
+    assert after[victim]["restarts"] == workers[victim]["restarts"] + 1
+    assert after[victim]["state"] == "ready"
+    server.remember_children()
+
+
+def test_bad_admin_requests(server: Server) -> None:
+    assert_openai_error(server.admin("POST", "/admin/restart", {"workers": [999]}), 404,
+                        code="worker_not_found")
+    assert_openai_error(server.admin("POST", "/admin/restart", {}), 400, param="workers")
+    assert_openai_error(server.admin("POST", "/admin/scale", {"workers": -1}), 400,
+                        param="workers")
+    assert_openai_error(server.admin("POST", "/admin/scale",
+                                     {"workers": 1, "model": "nope"}), 404, param="model")
+
+
+def test_inject_refused_when_faults_disabled(server: Server) -> None:
+    before = server.worker_pids()
+    response = server.admin("POST", "/admin/inject",
+                            {"worker": min(before), "fault": "segv"})
+    assert_openai_error(response, 403, code="faults_disabled")
+    assert server.worker_pids() == before
