@@ -112,17 +112,27 @@ async def _audio_task(request: Request, task: str) -> Response:
     granularities = [g for key in ("timestamp_granularities[]", "timestamp_granularities")
                      for g in form.getlist(key) if isinstance(g, str)]
     params = audio_params(form, task, model, granularities)
-    done, _ = await _run(request, model.name, task, payload, params.options, fault)
-    result = done.result
-    if params.response_format == "text":
+    done, job = await _run(request, model.name, task, payload, params.options, fault)
+    response = _render(done.result, params.response_format, params.granularities)
+    response.headers.update(job_headers(job))
+    return response
+
+
+def job_headers(job: PendingJob) -> dict[str, str]:
+    """Which worker answered, after how many attempts (retries are visible)."""
+    return {"x-asrpool-worker": str(job.worker_id), "x-asrpool-attempts": str(job.attempt)}
+
+
+def _render(result: dict[str, Any], response_format: str, granularities: tuple[str, ...]
+            ) -> Response:
+    if response_format == "text":
         return PlainTextResponse(formats.full_text(result) + "\n")
-    if params.response_format == "srt":
+    if response_format == "srt":
         return PlainTextResponse(formats.to_srt(result))
-    if params.response_format == "vtt":
+    if response_format == "vtt":
         return PlainTextResponse(formats.to_vtt(result), media_type="text/vtt")
-    if params.response_format == "verbose_json":
-        return JSONResponse(formats.to_verbose_json(result,
-                                                    words="word" in params.granularities))
+    if response_format == "verbose_json":
+        return JSONResponse(formats.to_verbose_json(result, words="word" in granularities))
     return JSONResponse({"text": formats.full_text(result)})
 
 
@@ -142,8 +152,8 @@ async def speech_timestamps(request: Request) -> Response:
     name = form.get("model")
     model = pool.resolve(name if isinstance(name, str) else None)
     options = {"vad": vad_options(form, model.vad)}
-    done, _ = await _run(request, model.name, "timestamps", payload, options, fault)
-    return JSONResponse(done.result["segments"])
+    done, job = await _run(request, model.name, "timestamps", payload, options, fault)
+    return JSONResponse(done.result["segments"], headers=job_headers(job))
 
 
 async def list_models(request: Request) -> Response:

@@ -174,6 +174,48 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from supervisor import chaos
+
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULT_KINDS]
+    if unknown or not faults:
+        raise CLIError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}",
+                       code=2)
+    token = find_token(args.url, args.token) if args.url else None
+    try:
+        return chaos.main(args.url, token, clients=args.clients, duration=args.duration,
+                          rate=args.rate, faults=faults, seed=args.seed,
+                          audio_paths=args.audio, workers=args.workers, out=args.out,
+                          server_log=args.server_log)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _add_chaos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "chaos", help="inject random faults under load and check nothing is lost",
+        description="Drive a server (--url, which must run with --enable-faults) or one "
+        "started here, with C clients for D seconds while injecting random faults at R per "
+        "second. Prints a JSON report; exits 1 if a request was lost, a transcript differs "
+        "from the fault-free one, the pool did not come back whole, or a child process "
+        "was left behind.")
+    p.add_argument("--url", help="a running server (default: start one)")
+    p.add_argument("--token", help="its admin token (default: as the other commands)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos (60)")
+    p.add_argument("--rate", type=float, default=1.0, help="faults per second (1)")
+    p.add_argument("--faults", default="segv,abort,exit,hang,kill",
+                   help="comma-separated fault kinds (segv,abort,exit,hang,kill)")
+    p.add_argument("--seed", type=int, help="random seed, to replay a run")
+    p.add_argument("--audio", nargs="*", default=[], metavar="FILE",
+                   help="audio files to send (default: the test fixtures)")
+    p.add_argument("--workers", type=int, default=2, help="workers of the server it starts")
+    p.add_argument("--out", metavar="FILE", help="also write the report here")
+    p.add_argument("--server-log", metavar="FILE", help="where the started server logs")
+    p.set_defaults(func=cmd_chaos)
+
+
 def _add_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="show every worker and the queue",
                        description="Show every worker (id, pid, model, device, state, "
@@ -237,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve(sub)
     _add_admin(sub)
+    _add_chaos(sub)
     return parser
 
 

@@ -406,6 +406,8 @@ class Pool:
         level = logging.ERROR if info.crashed else logging.INFO
         logger.log(level, "worker %s pid %s (%s): exited: %s", handle.id, handle.pid,
                    handle.model, "deadline (SIGABRT)" if handle.deadline_hit else info.reason)
+        if handle.deadline_hit:
+            handle.last_exit = f"deadline ({info.reason})"
         job = handle.job
         handle.job = None
         handle.job_started = None
@@ -447,12 +449,14 @@ class Pool:
             slot.queue.put_front(job)
             return
         message = describe_failures(job.failures)
-        if verdict is Verdict.POISON:
+        if verdict in (Verdict.POISON, Verdict.DEADLINE):
+            # An input that hangs every worker is as poisonous as one that crashes it.
             self.quarantine.add(job.fingerprint, job.model, message)
             logger.error("job %s (request %s): %s; input %s quarantined for %gs", job.job_id,
                          job.request_id, message, job.fingerprint,
                          self.config.pool.quarantine_ttl)
             self._emit("quarantined", model=job.model)
+        if verdict is Verdict.POISON:
             reasons = tuple(f.reason for f in job.failures)
             job.future.set_exception(InputCrashedWorker(message, reasons, job.fingerprint))
         elif verdict is Verdict.DEADLINE:

@@ -32,8 +32,8 @@ def runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"asrpool-{os.getuid()}"
 
 
-def token_path(port: int) -> Path:
-    return runtime_dir() / f"admin-{port}.json"
+def token_path(port: int, directory: Path | None = None) -> Path:
+    return (directory or runtime_dir()) / f"admin-{port}.json"
 
 
 def is_loopback(host: str) -> bool:
@@ -69,9 +69,9 @@ def remove_token_file(port: int) -> None:
         token_path(port).unlink()
 
 
-def read_token_file(port: int) -> str | None:
+def read_token_file(port: int, directory: Path | None = None) -> str | None:
     try:
-        data = json.loads(token_path(port).read_text())
+        data = json.loads(token_path(port, directory).read_text())
     except (OSError, ValueError):
         return None
     token = data.get("token")
