@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.admin import routes as admin_routes
 from gateway.errors import EXCEPTION_HANDLERS, UploadTooLarge, error_body
+from gateway.metrics import Metrics, RequestMetrics
+from gateway.metrics import routes as metrics_routes
 from gateway.routes import routes
 from supervisor.config import Config
 from supervisor.pool import Pool
@@ -101,13 +103,14 @@ def create_app(pool: Pool, config: Config | None = None, *, admin_token: str = "
     """
     config = config or pool.config
     app = Starlette(
-        routes=[*routes, *admin_routes, *extra_routes],
+        routes=[*routes, *admin_routes, *metrics_routes, *extra_routes],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(RequestId),
+        middleware=[Middleware(RequestId), Middleware(RequestMetrics),
                     Middleware(BodyLimit, max_upload_bytes=config.server.max_upload_bytes)],
     )
     app.state.pool = pool
     app.state.config = config
+    app.state.metrics = Metrics(pool)
     app.state.admin_token = admin_token
     app.state.shutdown = shutdown
     return app

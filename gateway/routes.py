@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway import formats
 from gateway.errors import APIError, InvalidParameter, pool_error_response
+from gateway.metrics import Metrics
 from gateway.params import audio_params, parse_fault, vad_options
 from supervisor.config import Config
 from supervisor.dispatch import PendingJob
@@ -80,6 +81,7 @@ async def _run(request: Request, model: str | None, task: str, payload: bytes,
     pool = _pool(request)
     started = time.monotonic()
     rid = request_id(request)
+    request.state.model = model
     status = 200
     job: PendingJob | None = None
     done: JobDone | None = None
@@ -93,14 +95,20 @@ async def _run(request: Request, model: str | None, task: str, payload: bytes,
         status = pool_error_response(exc).status_code
         raise
     finally:
+        total = time.monotonic() - started
+        name = model or pool.config.default_model.name
         logger.info(
             "request %s %s model=%s status=%s worker=%s attempts=%s queue_wait=%.3f "
             "inference=%.3f audio=%.2f total=%.3f",
-            rid, request.url.path, model or pool.config.default_model.name, status,
-            job.worker_id if job else None, job.attempt if job else 0,
-            job.queue_wait if job else 0.0, done.inference_seconds if done else 0.0,
-            done.audio_seconds if done else 0.0, time.monotonic() - started,
+            rid, request.url.path, name, status, job.worker_id if job else None,
+            job.attempt if job else 0, job.queue_wait if job else 0.0,
+            done.inference_seconds if done else 0.0, done.audio_seconds if done else 0.0,
+            total,
         )
+        metrics: Metrics = request.app.state.metrics
+        metrics.observe_job(name, queue_wait=job.queue_wait if job else None,
+                            inference=done.inference_seconds if done else None,
+                            audio=done.audio_seconds if done else None)
 
 
 async def _audio_task(request: Request, task: str) -> Response:
@@ -109,6 +117,7 @@ async def _audio_task(request: Request, task: str) -> Response:
     pool = _pool(request)
     name = form.get("model")
     model = pool.resolve(name if isinstance(name, str) else None)
+    request.state.model = model.name
     granularities = [g for key in ("timestamp_granularities[]", "timestamp_granularities")
                      for g in form.getlist(key) if isinstance(g, str)]
     params = audio_params(form, task, model, granularities)
@@ -151,6 +160,7 @@ async def speech_timestamps(request: Request) -> Response:
     pool = _pool(request)
     name = form.get("model")
     model = pool.resolve(name if isinstance(name, str) else None)
+    request.state.model = model.name
     options = {"vad": vad_options(form, model.vad)}
     done, job = await _run(request, model.name, "timestamps", payload, options, fault)
     return JSONResponse(done.result["segments"], headers=job_headers(job))

@@ -231,7 +231,7 @@ class ChaosRun:
 
     def _recovery_client(self) -> None:
         with httpx.Client() as client:
-            self._record(self._send(client, sorted(self.audio)[0], "recovery"))
+            self._record(self._send(client, min(self.audio), "recovery"))
 
     def wait_all_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

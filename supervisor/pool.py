@@ -415,10 +415,11 @@ class Pool:
         if info.boot_error:
             handle.boot_error = handle.boot_error or "the worker could not load its model"
         if info.crashed and not handle.retiring:
-            reason = "deadline" if handle.deadline_hit else info.reason
             handle.deaths.append((now, job.fingerprint if job is not None else None))
+        if not handle.retiring and not self.stopped:
+            reason = "deadline" if handle.deadline_hit else info.reason
             self._emit("worker_restart", model=handle.model, worker=handle.id,
-                       reason=reason if not info.boot_error else "boot error")
+                       reason="boot error" if info.boot_error else reason)
         if job is not None and not job.done:
             self._fail_attempt(job, handle, info, injected)
         self._notify()
@@ -521,6 +522,7 @@ class Pool:
             old.replacing = False
 
     async def _recycle(self, handle: WorkerHandle, reason: str) -> None:
+        self._emit("worker_restart", model=handle.model, worker=handle.id, reason="recycle")
         try:
             await self._replace(handle, reason)
         except RestartFailed as exc:

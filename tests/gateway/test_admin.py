@@ -85,3 +85,22 @@ def test_inject_refused_when_faults_disabled(server: Server) -> None:
                             {"worker": min(before), "fault": "segv"})
     assert_openai_error(response, 403, code="faults_disabled")
     assert server.worker_pids() == before
+
+
+def test_metrics(server: Server) -> None:
+    assert server.post_audio("short.wav").status_code == 200
+    assert server.post_audio("garbage.bin").status_code == 400
+    response = httpx.get(server.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    path = "/v1/audio/transcriptions"
+    assert f'asrpool_requests_total{{endpoint="{path}",model="tiny.en",status="200"}}' in text
+    assert f'asrpool_requests_total{{endpoint="{path}",model="tiny.en",status="400"}}' in text
+    for name in ("asrpool_request_duration_seconds_bucket", "asrpool_queue_wait_seconds_count",
+                 "asrpool_inference_seconds_sum", "asrpool_audio_seconds_total",
+                 'asrpool_workers{model="tiny.en",state="ready"}', "asrpool_queue_depth",
+                 "asrpool_in_flight", "asrpool_quarantined_inputs"):
+        assert name in text, name
+    # The forced restart earlier in this module counted as a restart by its cause.
+    assert 'asrpool_worker_restarts_total{model="tiny.en",reason="SIGKILL"}' in text
