@@ -123,13 +123,18 @@ async def _audio_task(request: Request, task: str) -> Response:
     params = audio_params(form, task, model, granularities)
     done, job = await _run(request, model.name, task, payload, params.options, fault)
     response = _render(done.result, params.response_format, params.granularities)
-    response.headers.update(job_headers(job))
+    response.headers.update(job_headers(job, done))
     return response
 
 
-def job_headers(job: PendingJob) -> dict[str, str]:
-    """Which worker answered, after how many attempts (retries are visible)."""
-    return {"x-asrpool-worker": str(job.worker_id), "x-asrpool-attempts": str(job.attempt)}
+def job_headers(job: PendingJob, done: JobDone) -> dict[str, str]:
+    """Which worker answered, after how many attempts (retries are visible), and
+    where the time went (Server-Timing, in milliseconds)."""
+    timing = (f"queue;dur={job.queue_wait * 1000:.1f}, "
+              f"decode;dur={done.decode_seconds * 1000:.1f}, "
+              f"inference;dur={done.inference_seconds * 1000:.1f}")
+    return {"x-asrpool-worker": str(job.worker_id), "x-asrpool-attempts": str(job.attempt),
+            "server-timing": timing}
 
 
 def _render(result: dict[str, Any], response_format: str, granularities: tuple[str, ...]
@@ -163,7 +168,7 @@ async def speech_timestamps(request: Request) -> Response:
     request.state.model = model.name
     options = {"vad": vad_options(form, model.vad)}
     done, job = await _run(request, model.name, "timestamps", payload, options, fault)
-    return JSONResponse(done.result["segments"], headers=job_headers(job))
+    return JSONResponse(done.result["segments"], headers=job_headers(job, done))
 
 
 async def list_models(request: Request) -> Response:

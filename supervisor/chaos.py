@@ -11,24 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from supervisor import runtime
+from supervisor.launch import launched_server
 
 DEFAULT_FIXTURES = ("speech.wav", "short.wav", "speech.flac", "speech.ogg", "gaps.wav")
 DEFAULT_FAULTS = ("segv", "abort", "exit", "hang", "kill")
@@ -320,85 +314,6 @@ def judge(report: dict[str, Any]) -> dict[str, bool]:
     return checks
 
 
-# ---------------------------------------------------------------------- own server
-
-
-@contextlib.contextmanager
-def own_server(workers: int, log_path: Path | None = None
-               ) -> Iterator[tuple[str, str | None, Callable[[], int]]]:
-    """Start ``asrpool serve`` with faults enabled on a free loopback port.
-
-    Yields the URL, the admin token, and a function that stops the server and
-    returns how many of its child processes are still alive afterwards.
-    """
-    import psutil
-
-    with tempfile.TemporaryDirectory(prefix="asrpool-chaos-") as tmp:
-        config = Path(tmp) / "chaos.toml"
-        config.write_text(SERVER_CONFIG.format(workers=workers))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, runtime.RUNTIME_ENV: tmp}
-        env.pop(runtime.TOKEN_ENV, None)
-        log = open(log_path or Path(tmp) / "server.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(config),
-             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
-        seen: set[int] = set()
-        stop_watch = threading.Event()
-
-        def watch_children() -> None:
-            while not stop_watch.wait(0.2):
-                with contextlib.suppress(psutil.Error):
-                    seen.update(p.pid for p in psutil.Process(proc.pid).children(True))
-
-        watcher = threading.Thread(target=watch_children, daemon=True)
-        watcher.start()
-
-        def stop() -> int:
-            stop_watch.set()
-            watcher.join()
-            with contextlib.suppress(psutil.Error):
-                seen.update(p.pid for p in psutil.Process(proc.pid).children(True))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _alive(seen):
-                time.sleep(0.05)  # reaping of children by the exiting server
-            return len(_alive(seen))
-
-        try:
-            deadline = time.monotonic() + 60
-            token = runtime.read_token_file(port, Path(tmp))
-            while token is None and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)  # the server writes its token file as it starts
-                token = runtime.read_token_file(port, Path(tmp))
-            if token is None:
-                raise RuntimeError("the chaos server did not start")
-            yield f"http://127.0.0.1:{port}", token, stop
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            log.close()
-
-
-def _alive(pids: set[int]) -> set[int]:
-    import psutil
-
-    alive = set()
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.add(pid)
-    return alive
-
-
 def load_audio(paths: Sequence[str]) -> dict[str, bytes]:
     if not paths:
         base = fixtures_dir()
@@ -419,7 +334,8 @@ def main(url: str | None, token: str | None, *, clients: int, duration: float, r
         report = run.run()
         report["children_left"] = None  # not ours to stop
     else:
-        with own_server(workers, Path(server_log) if server_log else None) as (u, t, stop):
+        config = SERVER_CONFIG.format(workers=workers)
+        with launched_server(config, Path(server_log) if server_log else None) as (u, t, stop):
             run = ChaosRun(u, t, audio, clients, duration, rate, faults, seed)
             try:
                 report = run.run()

@@ -192,6 +192,29 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from supervisor import bench
+
+    try:
+        return bench.main(args.requests, args.out, args.max_workers, args.crash_trials)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench", help="benchmark against in-process faster-whisper and a single-lock server",
+        description="Measure, in one run on this machine: in-process faster-whisper, the "
+        "single-lock server design, and asrpool with 1..N workers, at concurrency 1 and 4; "
+        "asrpool's overhead, crash recovery and large-upload transport. Prints a table and "
+        "writes JSON.")
+    p.add_argument("--requests", type=int, default=12, help="requests per series (12)")
+    p.add_argument("--max-workers", type=int, default=2, help="asrpool runs with 1..N workers")
+    p.add_argument("--crash-trials", type=int, default=3, help="SIGSEGV trials (3)")
+    p.add_argument("--out", default="bench-results/bench.json", help="JSON report path")
+    p.set_defaults(func=cmd_bench)
+
+
 def _add_chaos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "chaos", help="inject random faults under load and check nothing is lost",
@@ -280,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_admin(sub)
     _add_chaos(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -352,6 +352,21 @@ def apply_overrides(config: Config, o: Overrides) -> Config:
         return replace(config, server=server, models=models, faults=faults)
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.message, "command line") from None
+
+
+def missing_extras(config: Config,
+                   find_spec: Callable[[str], object | None] | None = None) -> list[str]:
+    """What the config needs that is not installed, as messages (empty: all there)."""
+    if find_spec is None:
+        import importlib.util
+
+        find_spec = importlib.util.find_spec
+    problems = []
+    for i, model in enumerate(config.models):
+        if model.vad.backend == "silero-vad" and find_spec("silero_vad") is None:
+            problems.append(f"models[{i}].vad.backend = 'silero-vad' needs the optional extra: "
+                            "pip install 'asrpool[silero]'")
+    return problems
 
 
 def resolve_model_source(source: str) -> str:

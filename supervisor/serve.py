@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from supervisor import runtime
-from supervisor.config import Config
+from supervisor.config import Config, missing_extras
 from supervisor.pool import BootError, Pool
 
 logger = logging.getLogger("asrpool.supervisor")
@@ -113,6 +113,9 @@ def serve(config: Config) -> int:
     """Run the server in the foreground until a signal; return the exit code."""
     setup_logging(config.server.log_level, config.server.log_format)
     try:
+        problems = missing_extras(config)
+        if problems:
+            raise StartupRefused("; ".join(problems))
         token, generated = admin_token_for(config)
     except StartupRefused as exc:
         logger.error("%s", exc)

@@ -239,7 +239,7 @@ class Load:
                 with self._lock:
                     self.errors.append(repr(exc))
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Load:  # noqa: PYI034
         for t in self._threads:
             t.start()
         return self
