@@ -213,7 +213,50 @@ def measure_uploads(url: str, fixture: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run(requests: int, out: Path, max_workers: int, crash_trials: int) -> dict[str, Any]:
+def long_recording(minutes: float) -> tuple[bytes, float]:
+    """Speech fixtures separated by long silences (a meeting with pauses), as WAV."""
+    base = fixtures_dir()
+    clips = []
+    for name in ("speech.wav", "short.wav", "gaps.wav"):
+        with wave.open(str(base / name)) as w:
+            params = w.getparams()
+            clips.append(w.readframes(w.getnframes()))
+    silence = b"\0\0" * 16000 * 20  # 20 s
+    frames = bytearray()
+    target = int(minutes * 60 * 16000 * 2)
+    i = 0
+    while len(frames) < target:
+        frames += clips[i % len(clips)] + silence
+        i += 1
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setparams(params)
+        w.writeframes(bytes(frames[:target]))
+    return out.getvalue(), target / 32000
+
+
+def measure_vad_speedup(url: str, minutes: float) -> dict[str, Any]:
+    """One long recording transcribed with and without vad_filter."""
+    audio, seconds = long_recording(minutes)
+    times: dict[str, float] = {}
+    words: dict[str, int] = {}
+    with httpx.Client() as client:
+        for vad in ("false", "true"):
+            started = time.monotonic()
+            response = client.post(url + "/v1/audio/transcriptions",
+                                   files={"file": ("long.wav", audio)},
+                                   data={"vad_filter": vad}, timeout=1800)
+            response.raise_for_status()
+            times[vad] = time.monotonic() - started
+            words[vad] = len(response.json()["text"].split())
+    return {"audio_s": round(seconds, 1), "without_vad_s": round(times["false"], 2),
+            "with_vad_s": round(times["true"], 2),
+            "speedup": round(times["false"] / times["true"], 2),
+            "words_without_vad": words["false"], "words_with_vad": words["true"]}
+
+
+def run(requests: int, out: Path, max_workers: int, crash_trials: int,
+        vad_minutes: float) -> dict[str, Any]:
     from supervisor.config import EMBEDDED_MODEL, resolve_model_source
     from supervisor.protocol import WorkerSpec
     from workers.engine import Engine
@@ -247,6 +290,7 @@ def run(requests: int, out: Path, max_workers: int, crash_trials: int) -> dict[s
         lock_rss = tree_rss_mb(pid)
 
     pool_rss: dict[str, float] = {}
+    vad: dict[str, Any] = {}
     crash: dict[str, Any] = {}
     uploads: list[dict[str, Any]] = []
     for workers in range(1, max_workers + 1):
@@ -269,9 +313,16 @@ def run(requests: int, out: Path, max_workers: int, crash_trials: int) -> dict[s
                 print("crash recovery and large uploads...", file=log)
                 crash = measure_crash(url, token, audio, crash_trials)
                 uploads = measure_uploads(url, fixture)
+                if vad_minutes > 0:
+                    print(f"{vad_minutes:g}-minute recording with and without VAD...", file=log)
+                    vad = measure_vad_speedup(url, vad_minutes)
             stop()
 
-    return report(series, crash, uploads, lock_rss, pool_rss, cores, seconds, out, max_workers)
+    result = report(series, crash, uploads, lock_rss, pool_rss, cores, seconds, max_workers)
+    result["vad_long_recording"] = vad
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _find(series: list[Series], design: str, c: int) -> dict[str, Any]:
@@ -283,7 +334,7 @@ def _find(series: list[Series], design: str, c: int) -> dict[str, Any]:
 
 def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, Any]],
            lock_rss: float, pool_rss: dict[str, float], cores: int, seconds: float,
-           out: Path, max_workers: int) -> dict[str, Any]:
+           max_workers: int) -> dict[str, Any]:
     rows = [s.summary() for s in series]
     texts = {t for s in series for t in s.texts}
     best = f"asrpool {max_workers}w"
@@ -322,8 +373,6 @@ def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, 
                           **{f"{k} (workers)": v for k, v in pool_rss.items()}},
         "transcript": sorted(texts),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -347,6 +396,11 @@ def format_table(result: dict[str, Any]) -> str:
                      f"transport overhead {u['overhead_ms']} ms")
     for k, v in result["memory_rss_mb"].items():
         lines.append(f"RSS {k}: {v} MB")
+    vad = result.get("vad_long_recording")
+    if vad:
+        lines.append(f"{vad['audio_s']:.0f} s recording with long silences: {vad['without_vad_s']} s "
+                     f"without VAD, {vad['with_vad_s']} s with vad_filter "
+                     f"({vad['speedup']}x faster)")
     lines.append("transcripts identical: " + str(result["targets"]["identical_transcripts"]))
     lines.append("")
     for k, ok in result["targets"].items():
@@ -354,8 +408,9 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(requests: int, out: str, max_workers: int, crash_trials: int) -> int:
-    result = run(requests, Path(out), max_workers, crash_trials)
+def main(requests: int, out: str, max_workers: int, crash_trials: int,
+         vad_minutes: float) -> int:
+    result = run(requests, Path(out), max_workers, crash_trials, vad_minutes)
     print(format_table(result))
     print(f"\nJSON: {out}")
     return 0

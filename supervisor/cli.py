@@ -196,7 +196,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from supervisor import bench
 
     try:
-        return bench.main(args.requests, args.out, args.max_workers, args.crash_trials)
+        return bench.main(args.requests, args.out, args.max_workers, args.crash_trials,
+                          args.vad_minutes)
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
 
@@ -211,6 +212,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--requests", type=int, default=12, help="requests per series (12)")
     p.add_argument("--max-workers", type=int, default=2, help="asrpool runs with 1..N workers")
     p.add_argument("--crash-trials", type=int, default=3, help="SIGSEGV trials (3)")
+    p.add_argument("--vad-minutes", type=float, default=10.0,
+                   help="length of the recording with silences timed with and without "
+                   "vad_filter (10; 0 skips it)")
     p.add_argument("--out", default="bench-results/bench.json", help="JSON report path")
     p.set_defaults(func=cmd_bench)
 

@@ -308,9 +308,11 @@ class Pool:
             handle.kill(signal.SIGKILL)
 
     def _kill_injected(self, handle: WorkerHandle) -> None:
+        """The ``kill`` fault: SIGKILL as the OOM killer sends it, so it counts as a
+        crash (restart intensity, metrics) but is not blamed on the job's input."""
         if handle.alive:
-            handle.stop_requested = True
             handle.fault_armed = True
+            handle.fault_armed_at = time.monotonic()
             handle.kill(signal.SIGKILL)
 
     # ------------------------------------------------------------------ worker events
@@ -350,6 +352,11 @@ class Pool:
                                handle.pid, message.job_id)
                 return
             self._cancel_timer(handle)
+            if handle.fault_armed and handle.job_started is not None \
+                    and handle.fault_armed_at <= handle.job_started:
+                # The worker lived through the faults armed before this job; a later
+                # death is no longer theirs to excuse.
+                handle.fault_armed = False
             handle.job = None
             handle.job_started = None
             handle.jobs_done += 1

@@ -83,6 +83,7 @@ class WorkerHandle:
         self.stop_requested = False
         #: A fault aimed at this worker (not at an input) is armed or firing.
         self.fault_armed = False
+        self.fault_armed_at = 0.0
         self.deadline_hit = False
         #: The slot ends for good when its process exits (drained, scaled down).
         self.retiring = False
@@ -229,6 +230,7 @@ class WorkerHandle:
         except OSError:
             return False
         self.fault_armed = True
+        self.fault_armed_at = time.monotonic()
         return True
 
     def kill(self, sig: int = signal.SIGKILL) -> bool:
