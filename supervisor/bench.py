@@ -83,23 +83,31 @@ def tiled_wav(path: Path, size: int) -> bytes:
     return out.getvalue()
 
 
-def run_series(design: str, concurrency: int, requests: int, audio_seconds: float,
-               call: Callable[[], str]) -> Series:
-    series = Series(design, concurrency, audio_seconds=audio_seconds)
-    call()  # warm-up, not counted
-
-    def one() -> tuple[float, str]:
+def burst(series: Series, concurrency: int, requests: int, call: Callable[[], str]) -> None:
+    """Send ``requests`` calls at ``concurrency``; add their latencies and wall time."""
+    def one(_: int) -> tuple[float, str]:
         started = time.monotonic()
         text = call()
         return time.monotonic() - started, text
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        for latency, text in pool.map(lambda _: one(), range(requests)):
+        for latency, text in pool.map(one, range(requests)):
             series.latencies.append(latency)
             series.texts.add(text)
-    series.wall = time.monotonic() - started
-    return series
+    series.wall += time.monotonic() - started
+
+
+def interleaved(designs: dict[str, Callable[[], str]], concurrency: int, rounds: int,
+                per_round: int, audio_seconds: float) -> list[Series]:
+    """Every design runs a burst in every round, in a rotating order, so that drift in
+    the machine's speed (a shared, noisy host) falls on all designs alike."""
+    names = list(designs)
+    series = {n: Series(n, concurrency, audio_seconds=audio_seconds) for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            burst(series[name], concurrency, per_round, designs[name])
+    return [series[n] for n in names]
 
 
 def http_call(client: httpx.Client, url: str, audio: bytes) -> Callable[[], str]:
@@ -257,6 +265,7 @@ def measure_vad_speedup(url: str, minutes: float) -> dict[str, Any]:
 
 def run(requests: int, out: Path, max_workers: int, crash_trials: int,
         vad_minutes: float) -> dict[str, Any]:
+    from supervisor.chaos import ChaosRun
     from supervisor.config import EMBEDDED_MODEL, resolve_model_source
     from supervisor.protocol import WorkerSpec
     from workers.engine import Engine
@@ -264,61 +273,58 @@ def run(requests: int, out: Path, max_workers: int, crash_trials: int,
     cores = os.cpu_count() or 1
     fixture = fixtures_dir() / "speech.wav"
     audio, seconds = wav_bytes(fixture)
-    series: list[Series] = []
     log = sys.stderr
+    designs: dict[str, Callable[[], str]] = {}
 
-    print(f"in-process faster-whisper ({cores} cores)...", file=log)
-    for threads in sorted({1, cores}):
-        engine = Engine(WorkerSpec(0, EMBEDDED_MODEL, resolve_model_source(EMBEDDED_MODEL),
-                                   "cpu", (0,), "int8", threads, 3 * 3600.0))
+    with contextlib.ExitStack() as stack:
+        print(f"starting every design ({cores} cores)...", file=log)
+        for threads in sorted({1, cores}):
+            engine = Engine(WorkerSpec(0, EMBEDDED_MODEL, resolve_model_source(EMBEDDED_MODEL),
+                                       "cpu", (0,), "int8", threads, 3 * 3600.0))
 
-        def in_process(engine: Engine = engine) -> str:
-            decoded = engine.decode(audio)
-            result = engine.transcribe(decoded.audio, "transcribe", {})
-            return "".join(s["text"] for s in result["segments"]).strip()
+            def in_process(engine: Engine = engine) -> str:
+                decoded = engine.decode(audio)
+                result = engine.transcribe(decoded.audio, "transcribe", {})
+                return "".join(s["text"] for s in result["segments"]).strip()
 
-        for c in (1, 4):
-            series.append(run_series(f"in-process ({threads} thread{'s' * (threads > 1)})", c,
-                                     requests, seconds, in_process))
-        del engine
-
-    print("single-lock server...", file=log)
-    with baseline_server(cores) as (url, pid), httpx.Client() as client:
-        for c in (1, 4):
-            series.append(run_series(f"single-lock ({cores} threads)", c, requests, seconds,
-                                     http_call(client, url, audio)))
-        lock_rss = tree_rss_mb(pid)
-
-    pool_rss: dict[str, float] = {}
-    vad: dict[str, Any] = {}
-    crash: dict[str, Any] = {}
-    uploads: list[dict[str, Any]] = []
-    for workers in range(1, max_workers + 1):
-        threads = max(1, cores // workers)
-        name = f"asrpool {workers}w x {threads}t"
-        print(f"{name}...", file=log)
-        config = ASRPOOL_CONFIG.format(workers=workers, threads=threads)
-        with launched_server(config) as (url, token, stop):
-            from supervisor.chaos import ChaosRun
-
+            designs[f"in-process ({threads}t)"] = in_process
+        client = stack.enter_context(httpx.Client())
+        lock_url, lock_pid = stack.enter_context(baseline_server(cores))
+        designs[f"single-lock ({cores}t)"] = http_call(client, lock_url, audio)
+        pools: dict[str, tuple[str, str]] = {}
+        for workers in range(1, max_workers + 1):
+            threads = max(1, cores // workers)
+            name = f"asrpool {workers}w x {threads}t"
+            config = ASRPOOL_CONFIG.format(workers=workers, threads=threads)
+            url, token, stop = stack.enter_context(launched_server(config))
+            stack.callback(stop)
             if not ChaosRun(url, token, {}).wait_all_ready(120):
                 raise RuntimeError(f"{name} did not become ready")
-            with httpx.Client() as client:
-                for c in (1, 4):
-                    series.append(run_series(name, c, requests, seconds,
-                                             http_call(client, url, audio)))
-            status = admin_get(url, token, "/admin/status")
-            pool_rss[name] = round(sum(w["rss_mb"] or 0 for w in status["workers"]), 1)
-            if workers == max_workers:
-                print("crash recovery and large uploads...", file=log)
-                crash = measure_crash(url, token, audio, crash_trials)
-                uploads = measure_uploads(url, fixture)
-                if vad_minutes > 0:
-                    print(f"{vad_minutes:g}-minute recording with and without VAD...", file=log)
-                    vad = measure_vad_speedup(url, vad_minutes)
-            stop()
+            pools[name] = (url, token)
+            designs[name] = http_call(client, url, audio)
+        for call in designs.values():
+            call()  # warm-up, not counted
 
-    result = report(series, crash, uploads, lock_rss, pool_rss, cores, seconds, max_workers)
+        print("concurrency 1 and 4, designs interleaved...", file=log)
+        series = interleaved(designs, 1, max(1, requests // 2), 2, seconds)
+        series += interleaved(designs, 4, max(1, requests // 8), 8, seconds)
+
+        memory = {f"single-lock ({cores}t)": tree_rss_mb(lock_pid)}
+        for name, (url, token) in pools.items():
+            status = admin_get(url, token, "/admin/status")
+            memory[f"{name} (workers)"] = round(sum(w["rss_mb"] or 0
+                                                    for w in status["workers"]), 1)
+
+        url, token = pools[list(pools)[-1]]
+        print("crash recovery and large uploads...", file=log)
+        crash = measure_crash(url, token, audio, crash_trials)
+        uploads = measure_uploads(url, fixture)
+        vad: dict[str, Any] = {}
+        if vad_minutes > 0:
+            print(f"{vad_minutes:g}-minute recording with and without VAD...", file=log)
+            vad = measure_vad_speedup(url, vad_minutes)
+
+    result = report(series, crash, uploads, memory, cores, seconds, max_workers)
     result["vad_long_recording"] = vad
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -333,14 +339,14 @@ def _find(series: list[Series], design: str, c: int) -> dict[str, Any]:
 
 
 def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, Any]],
-           lock_rss: float, pool_rss: dict[str, float], cores: int, seconds: float,
+           memory: dict[str, float], cores: int, seconds: float,
            max_workers: int) -> dict[str, Any]:
     rows = [s.summary() for s in series]
     texts = {t for s in series for t in s.texts}
     best = f"asrpool {max_workers}w"
     lock4 = _find(series, "single-lock", 4)
     pool4 = _find(series, best, 4)
-    inproc1 = _find(series, "in-process (1 thread)", 1)
+    inproc1 = _find(series, "in-process (1t)", 1)
     pool1 = _find(series, best, 1)
     overhead = pool1["latency_p50"] - inproc1["latency_p50"]
     inference = inproc1["latency_p50"]
@@ -369,8 +375,7 @@ def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, 
         "targets": targets,
         "crash_recovery": crash,
         "uploads": uploads,
-        "memory_rss_mb": {"single-lock server": lock_rss,
-                          **{f"{k} (workers)": v for k, v in pool_rss.items()}},
+        "memory_rss_mb": memory,
         "transcript": sorted(texts),
     }
     return result

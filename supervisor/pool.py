@@ -257,9 +257,7 @@ class Pool:
             job = slot.queue.pop()
             if job is None:
                 return
-            # The worker idle longest: spreads load and keeps caches warm evenly.
-            handle = min(idle, key=lambda h: (h.jobs_done, h.id))
-            self._assign(handle, job)
+            self._assign(choose_worker(idle), job)
 
     def _assign(self, handle: WorkerHandle, job: PendingJob) -> None:
         now = time.monotonic()
@@ -360,6 +358,7 @@ class Pool:
             handle.job = None
             handle.job_started = None
             handle.jobs_done += 1
+            handle.last_job_end = time.monotonic()
             if not job.future.done():
                 if isinstance(message, JobDone):
                     job.future.set_result(message)
@@ -764,6 +763,16 @@ class Pool:
                 for e in self.quarantine.entries()
             ],
         }
+
+
+def choose_worker(idle: list[WorkerHandle]) -> WorkerHandle:
+    """The idle worker that finished a job most recently. Pure.
+
+    Under load every worker is busy and the choice does not matter; at low load,
+    reusing the warm worker keeps its model in the CPU caches, where rotating
+    through workers made each request pay for cold memory.
+    """
+    return max(idle, key=lambda h: (h.last_job_end, -h.id))
 
 
 def worker_rss_mb(handle: WorkerHandle) -> float | None:

@@ -72,6 +72,7 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.booted = False
         self.jobs_done = 0
+        self.last_job_end = 0.0
         self.restarts = 0
         self.last_exit: str | None = None
         self.boot_error: str | None = None
