@@ -50,6 +50,8 @@ class Series:
     design: str
     concurrency: int
     latencies: list[float] = field(default_factory=list)
+    #: asrpool only: time outside the worker's own work (HTTP, parsing, the pipe).
+    overheads: list[float] = field(default_factory=list)
     wall: float = 0.0
     audio_seconds: float = 0.0
     texts: set[str] = field(default_factory=set)
@@ -61,6 +63,8 @@ class Series:
             "requests_per_s": round(n / self.wall, 3) if self.wall else None,
             "audio_s_per_s": round(n * self.audio_seconds / self.wall, 2) if self.wall else None,
             **{f"latency_{k}": v for k, v in latency_summary(self.latencies).items() if k != "n"},
+            "overhead_p50_ms": round(1000 * (percentile(self.overheads, 50) or 0.0), 1)
+            if self.overheads else None,
             "transcripts": sorted(self.texts),
         }
 
@@ -83,22 +87,30 @@ def tiled_wav(path: Path, size: int) -> bytes:
     return out.getvalue()
 
 
-def burst(series: Series, concurrency: int, requests: int, call: Callable[[], str]) -> None:
+#: A design's call: the transcript, and for asrpool the seconds spent outside the
+#: worker's own work (from its Server-Timing header).
+Call = Callable[[], tuple[str, float | None]]
+
+
+def burst(series: Series, concurrency: int, requests: int, call: Call) -> None:
     """Send ``requests`` calls at ``concurrency``; add their latencies and wall time."""
-    def one(_: int) -> tuple[float, str]:
+    def one(_: int) -> tuple[float, str, float | None]:
         started = time.monotonic()
-        text = call()
-        return time.monotonic() - started, text
+        text, busy = call()
+        latency = time.monotonic() - started
+        return latency, text, None if busy is None else latency - busy
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        for latency, text in pool.map(one, range(requests)):
+        for latency, text, overhead in pool.map(one, range(requests)):
             series.latencies.append(latency)
             series.texts.add(text)
+            if overhead is not None:
+                series.overheads.append(overhead)
     series.wall += time.monotonic() - started
 
 
-def interleaved(designs: dict[str, Callable[[], str]], concurrency: int, rounds: int,
+def interleaved(designs: dict[str, Call], concurrency: int, rounds: int,
                 per_round: int, audio_seconds: float) -> list[Series]:
     """Every design runs a burst in every round, in a rotating order, so that drift in
     the machine's speed (a shared, noisy host) falls on all designs alike."""
@@ -110,13 +122,20 @@ def interleaved(designs: dict[str, Callable[[], str]], concurrency: int, rounds:
     return [series[n] for n in names]
 
 
-def http_call(client: httpx.Client, url: str, audio: bytes) -> Callable[[], str]:
-    def call() -> str:
+def worker_seconds(server_timing: str) -> float:
+    """The worker's own time (queue + decode + inference) from Server-Timing."""
+    parts = dict(p.strip().split(";dur=") for p in server_timing.split(","))
+    return sum(float(v) for v in parts.values()) / 1000
+
+
+def http_call(client: httpx.Client, url: str, audio: bytes) -> Call:
+    def call() -> tuple[str, float | None]:
         response = client.post(url + "/v1/audio/transcriptions",
                                files={"file": ("speech.wav", audio)}, timeout=300)
         response.raise_for_status()
         text: str = response.json()["text"]
-        return text
+        timing = response.headers.get("server-timing")
+        return text, worker_seconds(timing) if timing else None
     return call
 
 
@@ -210,9 +229,7 @@ def measure_uploads(url: str, fixture: Path) -> list[dict[str, Any]]:
                                    files={"file": ("big.wav", audio)}, timeout=600)
             total = time.monotonic() - started
             response.raise_for_status()
-            parts = dict(p.strip().split(";dur=")
-                         for p in response.headers["server-timing"].split(","))
-            worker = sum(float(v) for v in parts.values()) / 1000
+            worker = worker_seconds(response.headers["server-timing"])
             rows.append({"upload": label, "bytes": len(audio), "total_s": round(total, 3),
                          "worker_s": round(worker, 3),
                          "overhead_ms": round((total - worker) * 1000, 1),
@@ -265,6 +282,8 @@ def measure_vad_speedup(url: str, minutes: float) -> dict[str, Any]:
 
 def run(requests: int, out: Path, max_workers: int, crash_trials: int,
         vad_minutes: float) -> dict[str, Any]:
+    import threadpoolctl
+
     from supervisor.chaos import ChaosRun
     from supervisor.config import EMBEDDED_MODEL, resolve_model_source
     from supervisor.protocol import WorkerSpec
@@ -274,7 +293,7 @@ def run(requests: int, out: Path, max_workers: int, crash_trials: int,
     fixture = fixtures_dir() / "speech.wav"
     audio, seconds = wav_bytes(fixture)
     log = sys.stderr
-    designs: dict[str, Callable[[], str]] = {}
+    designs: dict[str, Call] = {}
 
     with contextlib.ExitStack() as stack:
         print(f"starting every design ({cores} cores)...", file=log)
@@ -282,10 +301,13 @@ def run(requests: int, out: Path, max_workers: int, crash_trials: int,
             engine = Engine(WorkerSpec(0, EMBEDDED_MODEL, resolve_model_source(EMBEDDED_MODEL),
                                        "cpu", (0,), "int8", threads, 3 * 3600.0))
 
-            def in_process(engine: Engine = engine) -> str:
-                decoded = engine.decode(audio)
-                result = engine.transcribe(decoded.audio, "transcribe", {})
-                return "".join(s["text"] for s in result["segments"]).strip()
+            def in_process(engine: Engine = engine, threads: int = threads
+                           ) -> tuple[str, float | None]:
+                # The same thread budget a worker gets: CTranslate2 and numpy's BLAS.
+                with threadpoolctl.threadpool_limits(limits=threads):
+                    decoded = engine.decode(audio)
+                    result = engine.transcribe(decoded.audio, "transcribe", {})
+                return "".join(s["text"] for s in result["segments"]).strip(), None
 
             designs[f"in-process ({threads}t)"] = in_process
         client = stack.enter_context(httpx.Client())
@@ -355,6 +377,7 @@ def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, 
                                                       / lock4["requests_per_s"], 2),
         "asrpool_overhead_c1_ms": round(overhead * 1000, 1),
         "asrpool_overhead_c1_pct": round(100 * overhead / inproc1["latency_p50"], 1),
+        "asrpool_outside_worker_c1_ms": pool1["overhead_p50_ms"],
         "crash_answer_vs_one_inference": round(crash["sigsegv_to_answer_s"] / inference, 2)
         if crash else None,
     }
@@ -383,11 +406,14 @@ def report(series: list[Series], crash: dict[str, Any], uploads: list[dict[str, 
 
 def format_table(result: dict[str, Any]) -> str:
     """The human-readable report. Pure."""
-    lines = [f"{'design':<26} {'c':>2} {'req/s':>7} {'audio s/s':>9} {'p50 s':>7} {'p99 s':>7}"]
+    header = (f"{'design':<20} {'c':>2} {'req/s':>7} {'audio s/s':>9} {'p50 s':>7} "
+              f"{'p99 s':>7} {'outside worker ms':>17}")
+    lines = [header]
     for r in result["series"]:
-        lines.append(f"{r['design']:<26} {r['concurrency']:>2} {r['requests_per_s']:>7.2f} "
+        outside = "-" if r["overhead_p50_ms"] is None else f"{r['overhead_p50_ms']:.1f}"
+        lines.append(f"{r['design']:<20} {r['concurrency']:>2} {r['requests_per_s']:>7.2f} "
                      f"{r['audio_s_per_s']:>9.1f} {r['latency_p50']:>7.3f} "
-                     f"{r['latency_p99']:>7.3f}")
+                     f"{r['latency_p99']:>7.3f} {outside:>17}")
     lines.append("")
     for k, v in result["ratios"].items():
         lines.append(f"{k}: {v}")
