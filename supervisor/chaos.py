@@ -29,7 +29,8 @@ DEFAULT_FAULTS = ("segv", "abort", "exit", "hang", "kill")
 WHEN = ("now", "next-job", "during-job")
 
 #: The server ``asrpool chaos`` starts for itself: faults on, deadlines short
-#: enough that a hang costs seconds, restart intensity loose enough that the run
+#: enough that a hang costs seconds (a worker hung while loading its model waits
+#: out boot_timeout), restart intensity loose enough that the run
 #: measures retries rather than backoff (backoff has its own tests), and an RSS
 #: limit that the ``leak`` fault crosses.
 SERVER_CONFIG = """\
@@ -37,6 +38,7 @@ SERVER_CONFIG = """\
 graceful_timeout = 30
 
 [pool]
+boot_timeout = 20
 job_deadline_base = 5
 job_deadline_per_audio_second = 1.0
 kill_grace = 1
