@@ -16,7 +16,7 @@ from gateway import formats
 from gateway.errors import APIError, InvalidParameter, pool_error_response
 from gateway.metrics import Metrics
 from gateway.params import audio_params, parse_fault, vad_options
-from supervisor.config import Config
+from supervisor.config import Config, ModelConfig
 from supervisor.dispatch import PendingJob
 from supervisor.errors import PoolError
 from supervisor.pool import Pool
@@ -111,13 +111,19 @@ async def _run(request: Request, model: str | None, task: str, payload: bytes,
                             audio=done.audio_seconds if done else None)
 
 
-async def _audio_task(request: Request, task: str) -> Response:
+async def _read_job(request: Request) -> tuple[FormData, bytes, Fault | None, ModelConfig]:
+    """What every audio endpoint starts with: the form and file, a fault header, and
+    the model the request names."""
     form, payload = await read_upload(request)
     fault = _fault(request)
-    pool = _pool(request)
     name = form.get("model")
-    model = pool.resolve(name if isinstance(name, str) else None)
+    model = _pool(request).resolve(name if isinstance(name, str) else None)
     request.state.model = model.name
+    return form, payload, fault, model
+
+
+async def _audio_task(request: Request, task: str) -> Response:
+    form, payload, fault, model = await _read_job(request)
     granularities = [g for key in ("timestamp_granularities[]", "timestamp_granularities")
                      for g in form.getlist(key) if isinstance(g, str)]
     params = audio_params(form, task, model, granularities)
@@ -160,12 +166,7 @@ async def translations(request: Request) -> Response:
 
 async def speech_timestamps(request: Request) -> Response:
     """Speech segments found by the VAD, in seconds."""
-    form, payload = await read_upload(request)
-    fault = _fault(request)
-    pool = _pool(request)
-    name = form.get("model")
-    model = pool.resolve(name if isinstance(name, str) else None)
-    request.state.model = model.name
+    form, payload, fault, model = await _read_job(request)
     options = {"vad": vad_options(form, model.vad)}
     done, job = await _run(request, model.name, "timestamps", payload, options, fault)
     return JSONResponse(done.result["segments"], headers=job_headers(job, done))

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from supervisor.chaos import fixtures_dir, latency_summary, percentile
-from supervisor.launch import launched_server
+from supervisor.launch import launched_server, terminate
 
 ASRPOOL_CONFIG = """\
 [pool]
@@ -155,12 +155,7 @@ def baseline_server(threads: int) -> Iterator[tuple[str, int]]:
             raise RuntimeError("the single-lock server did not start")
         yield url, proc.pid
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=30)
 
 
 def tree_rss_mb(pid: int) -> float:

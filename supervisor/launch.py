@@ -55,12 +55,7 @@ def launched_server(config_text: str, log_path: Path | None = None
             watcher.join()
             with contextlib.suppress(psutil.Error):
                 seen.update(p.pid for p in psutil.Process(proc.pid).children(True))
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            terminate(proc, timeout=60)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and _alive(seen):
                 time.sleep(0.05)  # reaping of children by the exiting server
@@ -82,6 +77,16 @@ def launched_server(config_text: str, log_path: Path | None = None
                 proc.kill()
                 proc.wait(timeout=10)
             log.close()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _alive(pids: set[int]) -> set[int]:
