@@ -11,7 +11,15 @@ import openai
 import pytest
 
 from tests.conftest import Reference
-from tests.helpers import FIXTURES, Server, assert_openai_error, process_gone, wait_until
+from tests.helpers import (
+    DEFAULT_CONFIG,
+    FIXTURES,
+    Server,
+    assert_openai_error,
+    process_gone,
+    running_server,
+    wait_until,
+)
 
 
 @pytest.mark.parametrize("fixture", ["speech.wav", "speech.flac", "speech.ogg"])
@@ -216,3 +224,21 @@ def test_openai_sdk(server: Server, reference: Reference) -> None:
     assert verbose.text == "".join(s.text for s in segments).strip()
     assert [w.word for w in verbose.words] == [w.word for s in segments for w in s.words]
     assert verbose.words[-1].end == pytest.approx(segments[-1].words[-1].end)
+
+
+def test_full_queue_gets_503_with_retry_after(reference: Reference) -> None:
+    """One worker, a queue of one: a third concurrent request is refused, not lost."""
+    config = DEFAULT_CONFIG.replace("[pool]", "[pool]\nqueue_size = 1").replace(
+        "workers = 2", "workers = 1")
+    with running_server(config) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(server.post_audio, "long.wav", data={"temperature": "0"})
+        wait_until(lambda: server.status()["in_flight"] == 1, 30, "a running job")
+        queued = pool.submit(server.post_audio, "short.wav")
+        wait_until(lambda: server.status()["queue_depth"] == 1, 30, "a queued job")
+        refused = server.post_audio("speech.wav")
+        error = assert_openai_error(refused, 503, code="queue_full")
+        assert "queue is full" in error["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert running.result(timeout=90).json()["text"] == reference.text("long.wav",
+                                                                            temperature=0.0)
+        assert queued.result(timeout=90).json()["text"] == reference.text("short.wav")

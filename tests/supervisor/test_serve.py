@@ -14,6 +14,7 @@ from tests.helpers import (
     DEFAULT_CONFIG,
     ROOT,
     Server,
+    assert_openai_error,
     process_gone,
     running_server,
     wait_until,
@@ -82,3 +83,30 @@ def test_config_error_names_key_and_file(tmp_path: pytest.TempPathFactory) -> No
 def test_cli_flags_override_the_file() -> None:
     with running_server(args=("--workers", "1", "--cpu-threads", "2")) as server:
         assert len(server.worker_pids()) == 1
+
+
+def test_second_sigint_forces_the_stop() -> None:
+    server = Server().start()
+    try:
+        workers = server.worker_pids()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(server.post_audio, "long.wav")
+            wait_until(lambda: any(w["state"] == "busy" for w in server.ready_body()["workers"]),
+                       30, "a busy worker")
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGINT)
+            wait_until(lambda: "Waiting for connections to close" in server.log(), 10,
+                       "the graceful stop to wait for the request")
+            server.proc.send_signal(signal.SIGINT)
+            # Long before the 36 s recording could have been transcribed.
+            assert server.proc.wait(timeout=10) == 0, server.log()
+            # The abandoned request ends with a 503 or a closed connection, not a hang.
+            try:
+                response: httpx.Response | None = pending.result(timeout=30)
+            except httpx.HTTPError:
+                response = None
+        if response is not None:
+            assert_openai_error(response, 503)
+        wait_until(lambda: all(process_gone(p) for p in workers.values()), 5, "workers gone")
+    finally:
+        server.close()
