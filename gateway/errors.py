@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from supervisor.errors import (
@@ -45,6 +45,10 @@ class APIError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code or self.type}: {self.message}"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 class InvalidParameter(APIError):
@@ -116,6 +120,13 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
                           headers=dict(exc.headers or {}))
 
 
+async def handle_client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away: nobody reads this answer. 499, as nginx logs it."""
+    logger.info("client of %s %s disconnected before its answer", request.method,
+                request.url.path)
+    return Response(status_code=499)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error", type="server_error",
@@ -123,6 +134,8 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ClientDisconnect: handle_client_gone,
+    ClientGone: handle_client_gone,
     APIError: handle_api_error,
     PoolError: handle_pool_error,
     HTTPException: handle_http_exception,

@@ -117,6 +117,9 @@ class RequestMetrics:
     400 refused before any job exists counts too)."""
 
     PREFIX = "/v1/audio/"
+    #: Label values are bounded: unknown paths under the prefix count as "other".
+    ENDPOINTS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations",
+                           "/v1/audio/speech/timestamps"})
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -141,8 +144,8 @@ class RequestMetrics:
             metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
             if metrics is not None:
                 model = scope.get("state", {}).get("model") or ""
-                metrics.observe_request(scope["path"], model, status,
-                                        time.monotonic() - started)
+                endpoint = scope["path"] if scope["path"] in self.ENDPOINTS else "other"
+                metrics.observe_request(endpoint, model, status, time.monotonic() - started)
 
 
 async def metrics_endpoint(request: Request) -> Response:

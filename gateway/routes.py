@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
@@ -13,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway import formats
-from gateway.errors import APIError, InvalidParameter, pool_error_response
+from gateway.errors import APIError, ClientGone, InvalidParameter, pool_error_response
 from gateway.metrics import Metrics
 from gateway.params import audio_params, parse_fault, vad_options
 from supervisor.config import Config, ModelConfig
@@ -25,6 +27,8 @@ from supervisor.protocol import Fault, JobDone
 logger = logging.getLogger("asrpool.access")
 
 FAULT_HEADER = "x-asrpool-fault"
+
+T = TypeVar("T")
 
 
 def _pool(request: Request) -> Pool:
@@ -86,13 +90,15 @@ async def _run(request: Request, model: str | None, task: str, payload: bytes,
     job: PendingJob | None = None
     done: JobDone | None = None
     try:
-        done, job = await pool.submit(model or "", task, payload, options, fault=fault,
-                                      request_id=rid)
-        request.state.job = job
-        request.state.done = done
-        return done, job
+        result = await _until_disconnect(request, pool.submit(
+            model or "", task, payload, options, fault=fault, request_id=rid))
+        done, job = result
+        return result
     except PoolError as exc:
         status = pool_error_response(exc).status_code
+        raise
+    except ClientGone:
+        status = 499
         raise
     finally:
         total = time.monotonic() - started
@@ -120,6 +126,25 @@ async def _read_job(request: Request) -> tuple[FormData, bytes, Fault | None, Mo
     model = _pool(request).resolve(name if isinstance(name, str) else None)
     request.state.model = model.name
     return form, payload, fault, model
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, but give it up if the client disconnects first: its job is
+    then cancelled (skipped if still queued; its answer discarded if running)."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
 
 
 async def _audio_task(request: Request, task: str) -> Response:

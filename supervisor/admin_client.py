@@ -27,7 +27,10 @@ def find_token(url: str, explicit: str | None) -> str | None:
     env = runtime.configured_token("")
     if env:
         return env
-    port = urlsplit(url).port or 80
+    try:
+        port = urlsplit(url).port or 80
+    except ValueError as exc:
+        raise CLIError(f"bad --url {url!r}: {exc}", code=2) from None
     return runtime.read_token_file(port)
 
 

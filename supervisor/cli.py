@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+
 from supervisor.admin_client import AdminClient, CLIError, find_token
 from supervisor.config import (
     COMPUTE_TYPES,
@@ -76,6 +78,8 @@ def _client(args: argparse.Namespace) -> AdminClient:
         except ConfigError as exc:
             raise CLIError(f"config error: {exc}", code=2) from None
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 literal
         url = f"http://{host}:{server.port}"
     return AdminClient(url, find_token(url, args.token))
 
@@ -177,6 +181,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from supervisor import chaos
 
+    if args.clients < 1 or not args.duration > 0 or not args.rate > 0:
+        raise CLIError("--clients must be >= 1, --duration and --rate > 0", code=2)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     unknown = [f for f in faults if f not in FAULT_KINDS]
     if unknown or not faults:
@@ -319,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"asrpool: {exc}", file=sys.stderr)
         return exc.code
+    except (OSError, ValueError, httpx.InvalidURL) as exc:
+        # A bad --url, an unreadable file, a runtime dir we may not write: one line.
+        print(f"asrpool: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return result

@@ -8,12 +8,15 @@ naming the key and the file, so ``asrpool serve`` stops before any worker starts
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from supervisor.dispatch import HARD_ATTEMPT_CAP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,6 +61,7 @@ class VadOptions:
     speech_pad_ms: int = 400
 
     def __post_init__(self) -> None:
+        _check_finite(self, "vad")
         validate_vad(self)
 
 
@@ -117,6 +121,15 @@ class ModelConfig:
         return (self.name, *self.aliases)
 
 
+def _check_finite(obj: object, section: str) -> None:
+    """NaN passes every comparison and inf breaks timers: refuse both."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        unbounded = section == "vad" and f.name == "max_speech_duration_s" and value > 0
+        if isinstance(value, float) and not math.isfinite(value) and not unbounded:
+            raise ConfigError(f"{section}.{f.name}", "must be a finite number")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -128,6 +141,7 @@ class ServerConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        _check_finite(self, "server")
         if not 0 <= self.port <= 65535:
             raise ConfigError("server.port", "must be between 0 and 65535")
         if self.max_upload_bytes <= 0:
@@ -159,6 +173,7 @@ class PoolConfig:
     quarantine_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
+        _check_finite(self, "pool")
         positive = ("queue_size", "max_audio_seconds", "max_attempts", "boot_timeout",
                     "job_deadline_base", "restart_backoff_cap", "restart_window")
         for name in positive:
@@ -170,6 +185,8 @@ class PoolConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"pool.{name}", "must be >= 0")
+        if self.max_attempts > HARD_ATTEMPT_CAP:
+            raise ConfigError("pool.max_attempts", f"must be <= {HARD_ATTEMPT_CAP}")
 
 
 @dataclass(frozen=True)

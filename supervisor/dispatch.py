@@ -78,16 +78,22 @@ class Verdict(enum.Enum):
     GIVE_UP = "give_up"
 
 
-def judge(failures: list[Failure], max_attempts: int) -> Verdict:
+def judge(failures: list[Failure], max_attempts: int, input_deaths: int = 0) -> Verdict:
     """Decide what follows a worker's death under a job. Pure.
+
+    ``input_deaths`` counts the workers that died running this input in any
+    request (copies of one poison file sent at once share the count), this one
+    included; by default the job's own blamed failures.
 
     >>> judge([Failure("SIGSEGV")], 3)
     <Verdict.RETRY: 'retry'>
     >>> judge([Failure("SIGSEGV")] * 3, 3)
     <Verdict.POISON: 'poison'>
+    >>> judge([Failure("SIGSEGV")], 3, input_deaths=3)
+    <Verdict.POISON: 'poison'>
     """
     blamed = [f for f in failures if f.input_blamed]
-    if len(blamed) >= max_attempts:
+    if max(len(blamed), input_deaths) >= max_attempts and blamed:
         if all(f.reason == "deadline" for f in blamed):
             return Verdict.DEADLINE
         return Verdict.POISON
@@ -150,6 +156,28 @@ class Quarantine:
         return n
 
 
+class DeathCounts:
+    """Workers that died running each input fingerprint, across requests. Bounded:
+    the oldest entries go first; a success forgets the input."""
+
+    def __init__(self, limit: int = 10000) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def add(self, fp: str) -> int:
+        count = self._counts.pop(fp, 0) + 1
+        self._counts[fp] = count  # re-insert: most recent last
+        while len(self._counts) > self.limit:
+            del self._counts[next(iter(self._counts))]
+        return count
+
+    def forget(self, fp: str) -> None:
+        self._counts.pop(fp, None)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
 class JobQueue:
     """A bounded FIFO; a retried job goes back to the head."""
 
@@ -158,10 +186,16 @@ class JobQueue:
         self._items: deque[PendingJob] = deque()
 
     def __len__(self) -> int:
+        self._purge()
         return len(self._items)
 
     def full(self) -> bool:
-        return len(self._items) >= self.maxsize
+        return len(self) >= self.maxsize
+
+    def _purge(self) -> None:
+        """Forget jobs whose caller gave up: they hold no place in the queue."""
+        if any(job.done for job in self._items):
+            self._items = deque(job for job in self._items if not job.done)
 
     def put(self, job: PendingJob) -> None:
         self._items.append(job)
@@ -176,6 +210,9 @@ class JobQueue:
             if not job.done:  # skip jobs whose caller gave up
                 return job
         return None
+
+    def matching(self, fp: str) -> list[PendingJob]:
+        return [job for job in self._items if job.fingerprint == fp]
 
     def drain(self) -> list[PendingJob]:
         items = list(self._items)

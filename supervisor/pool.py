@@ -21,6 +21,7 @@ from typing import Any
 from supervisor import backoff
 from supervisor.config import Config, ModelConfig, resolve_model_source
 from supervisor.dispatch import (
+    DeathCounts,
     Failure,
     JobQueue,
     PendingJob,
@@ -87,9 +88,12 @@ class Pool:
         }
         self.workers: dict[int, WorkerHandle] = {}
         self.quarantine = Quarantine(config.pool.quarantine_ttl)
+        self.input_deaths = DeathCounts()
         self.observers: list[Observer] = list(observers)
         self.draining = False
         self.stopped = False
+        #: Set (by a second Ctrl-C) to stop waiting for in-flight work.
+        self.abort_wait = False
         self.started_at = time.time()
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,14 +190,26 @@ class Pool:
     def _spawn(self, handle: WorkerHandle) -> None:
         if self.stopped:
             return
-        handle.spawn()
-        assert self._loop is not None
+        try:
+            handle.spawn()
+        except OSError as exc:
+            # fork/exec can fail under the same memory pressure that kills workers:
+            # count it as a death and back off, rather than lose the slot.
+            logger.error("worker %s (%s): cannot start a process: %s", handle.id,
+                         handle.model, exc)
+            handle.last_exit = f"spawn failed: {exc.strerror or exc}"
+            handle.deaths.append((time.monotonic(), None))
+            handle.set_state(WorkerState.BACKOFF, "spawn failed")
+            self._arm_timer(handle, max(self.config.pool.restart_backoff_base, 0.1),
+                            self._respawn_after_backoff)
+            return
         self._arm_timer(handle, self.config.pool.boot_timeout, self._boot_timed_out)
 
     def _boot_timed_out(self, handle: WorkerHandle) -> None:
         if handle.state is WorkerState.STARTING and handle.alive:
             logger.error("worker %s pid %s (%s): not ready after %gs, killing it", handle.id,
                          handle.pid, handle.model, self.config.pool.boot_timeout)
+            handle.doomed = True
             handle.kill(signal.SIGKILL)
 
     def handles(self, model: str | None = None) -> list[WorkerHandle]:
@@ -257,7 +273,26 @@ class Pool:
             job = slot.queue.pop()
             if job is None:
                 return
+            if self._refuse_if_quarantined(job):
+                continue
             self._assign(choose_worker(idle), job)
+
+    def _refuse_queued(self, fp: str) -> None:
+        for slot in self.models.values():
+            for job in slot.queue.matching(fp):
+                self._refuse_if_quarantined(job)
+
+    def _refuse_if_quarantined(self, job: PendingJob) -> bool:
+        """Copies of a poison input already queued (or retrying) must not run once it
+        is quarantined: each would crash another worker."""
+        entry = self.quarantine.get(job.fingerprint)
+        if entry is None:
+            return False
+        if not job.done:
+            job.future.set_exception(InputCrashedWorker(
+                f"this input is quarantined: it crashed every worker it ran on "
+                f"({entry.reason})", (entry.reason,), job.fingerprint))
+        return True
 
     def _assign(self, handle: WorkerHandle, job: PendingJob) -> None:
         now = time.monotonic()
@@ -296,6 +331,7 @@ class Pool:
                      "sending SIGABRT", handle.id, handle.pid, handle.model, handle.job.job_id,
                      handle.job_age() or 0.0)
         handle.deadline_hit = True
+        handle.doomed = True
         handle.kill(signal.SIGABRT)
         self._arm_timer(handle, self.config.pool.kill_grace, self._kill_straggler)
 
@@ -317,8 +353,11 @@ class Pool:
 
     def _on_message(self, handle: WorkerHandle, message: WorkerMessage) -> None:
         if isinstance(message, Ready):
+            if handle.doomed:
+                return  # killed for its boot timeout; its Ready came too late
             self._cancel_timer(handle)
             handle.booted = True
+            handle.ever_booted = True
             handle.ready_at = time.time()
             handle.device = message.device
             handle.set_state(WorkerState.READY, f"model loaded in {message.load_seconds:.2f}s "
@@ -349,7 +388,9 @@ class Pool:
                 logger.warning("worker %s pid %s: reply for unknown job %s", handle.id,
                                handle.pid, message.job_id)
                 return
-            self._cancel_timer(handle)
+            if not handle.deadline_hit:
+                # After a deadline the SIGKILL timer must stay: the worker is doomed.
+                self._cancel_timer(handle)
             if handle.fault_armed and handle.job_started is not None \
                     and handle.fault_armed_at <= handle.job_started:
                 # The worker lived through the faults armed before this job; a later
@@ -359,6 +400,8 @@ class Pool:
             handle.job_started = None
             handle.jobs_done += 1
             handle.last_job_end = time.monotonic()
+            if isinstance(message, JobDone):
+                self.input_deaths.forget(job.fingerprint)
             if not job.future.done():
                 if isinstance(message, JobDone):
                     job.future.set_result(message)
@@ -430,13 +473,18 @@ class Pool:
             self._fail_attempt(job, handle, info, injected)
         self._notify()
 
-        if handle.retiring or self.stopped:
-            handle.set_state(WorkerState.DEAD, handle.retire_reason or "stopped")
+        idle_drain = self.draining and slot is not None and not len(slot.queue)
+        if handle.retiring or self.stopped or idle_drain:
+            # Never respawn while stopping, nor while draining with nothing left to run.
+            handle.set_state(WorkerState.DEAD, handle.retire_reason or "stopping")
             self.workers.pop(handle.id, None)
-        elif info.boot_error:
+            self._fail_if_unservable(handle.model)
+        elif info.boot_error and not handle.ever_booted:
             handle.set_state(WorkerState.DEAD, f"boot error, not restarting: {handle.boot_error}")
             self._fail_if_unservable(handle.model)
         else:
+            # A slot that served before may fail a load for a passing reason (GPU memory,
+            # a download): back off and try again rather than give up on it.
             self._schedule_respawn(handle)
         if slot is not None:
             self._dispatch(slot)
@@ -446,8 +494,11 @@ class Pool:
         reason = "deadline" if handle.deadline_hit else info.reason
         blamed = not injected and not (handle.stop_requested and not handle.deadline_hit)
         job.failures.append(Failure(reason, input_blamed=blamed))
-        verdict = judge(job.failures, self.config.pool.max_attempts)
+        deaths = self.input_deaths.add(job.fingerprint) if blamed else 0
+        verdict = judge(job.failures, self.config.pool.max_attempts, deaths)
         slot = self.models[job.model]
+        if verdict is Verdict.RETRY and self._refuse_if_quarantined(job):
+            return
         if verdict is Verdict.RETRY:
             logger.warning("job %s (request %s): worker %s died (%s) on attempt %d; retrying",
                            job.job_id, job.request_id, handle.id, reason, job.attempt)
@@ -459,6 +510,8 @@ class Pool:
         if verdict in (Verdict.POISON, Verdict.DEADLINE):
             # An input that hangs every worker is as poisonous as one that crashes it.
             self.quarantine.add(job.fingerprint, job.model, message)
+            self.input_deaths.forget(job.fingerprint)
+            self._refuse_queued(job.fingerprint)
             logger.error("job %s (request %s): %s; input %s quarantined for %gs", job.job_id,
                          job.request_id, message, job.fingerprint,
                          self.config.pool.quarantine_ttl)
@@ -496,13 +549,18 @@ class Pool:
             self._spawn(handle)
 
     def _fail_if_unservable(self, model: str) -> None:
+        """Fail the queued jobs of a model that no worker can serve any more (every
+        worker failed to boot, or none is left), so no request waits forever."""
         handles = [h for h in self.handles(model) if not h.retiring]
-        if handles and all(h.boot_error for h in handles):
-            slot = self.models[model]
-            for job in slot.queue.drain():
-                if not job.done:
-                    job.future.set_exception(
-                        Unavailable(f"model '{model}' is unavailable: {handles[0].boot_error}"))
+        if handles and all(h.boot_error and not h.ever_booted for h in handles):
+            error = Unavailable(f"model '{model}' is unavailable: {handles[0].boot_error}")
+        elif not handles:
+            error = Unavailable(f"model '{model}' has no workers", retry_after=5)
+        else:
+            return
+        for job in self.models[model].queue.drain():
+            if not job.done:
+                job.future.set_exception(error)
 
     # ------------------------------------------------------------------ control
 
@@ -560,10 +618,15 @@ class Pool:
             handle.kill(signal.SIGTERM)
         else:
             self._after_idle(handle)
+        # A running job keeps its worker until the job ends or passes its own deadline
+        # (which kills the worker); only then does graceful_timeout start.
+        while handle.job is not None and not handle.exited.is_set():
+            await self._wait_change(1.0)
         limit = self.config.server.graceful_timeout + 2 * self.config.pool.kill_grace + 5
         try:
             await asyncio.wait_for(handle.exited.wait(), limit)
         except asyncio.TimeoutError:
+            handle.stop_requested = True  # our kill: a job on it is retried, not blamed
             handle.kill(signal.SIGKILL)
             await asyncio.wait_for(handle.exited.wait(), 10)
 
@@ -626,6 +689,10 @@ class Pool:
             order = {WorkerState.BACKOFF: 0, WorkerState.DEAD: 0, WorkerState.STARTING: 1,
                      WorkerState.READY: 2, WorkerState.BUSY: 3, WorkerState.DRAINING: 3}
             victims = sorted(current, key=lambda h: (order[h.state], -h.id))[: len(current) - n]
+            for h in victims:
+                h.retiring = True
+            if n == 0:
+                self._fail_if_unservable(config.name)
             await asyncio.gather(*(self._retire(h, "scaled down") for h in victims))
         return {"model": config.name,
                 "workers": len([h for h in self.handles(config.name) if not h.retiring])}
@@ -647,14 +714,15 @@ class Pool:
         handle.inject(fault)
 
     def in_flight(self) -> int:
-        return sum(1 for h in self.workers.values() if h.job is not None)
+        """Jobs running on a worker for a caller who still waits."""
+        return sum(1 for h in self.workers.values() if h.job is not None and not h.job.done)
 
     def queued(self) -> int:
         return sum(len(s.queue) for s in self.models.values())
 
     async def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while self.in_flight() or self.queued():
+        while (self.in_flight() or self.queued()) and not self.abort_wait:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -667,7 +735,7 @@ class Pool:
         self.draining = True
         timeout = self.config.server.graceful_timeout if timeout is None else timeout
         finished = await self._wait_idle(timeout)
-        await self._stop_workers(graceful=True)
+        await self._stop_workers()
         return finished
 
     async def stop(self, graceful: bool = True) -> None:
@@ -676,29 +744,35 @@ class Pool:
         if self.stopped:
             return
         self.draining = True
-        if graceful:
+        if graceful and (self.in_flight() or self.queued()):
+            logger.info("draining: waiting up to %gs for %d running and %d queued jobs",
+                        self.config.server.graceful_timeout, self.in_flight(), self.queued())
             await self._wait_idle(self.config.server.graceful_timeout)
-        await self._stop_workers(graceful=graceful)
+        await self._stop_workers()
         self.stopped = True
         for task in list(self._tasks):
             task.cancel()
 
-    async def _stop_workers(self, graceful: bool) -> None:
+    async def _stop_workers(self) -> None:
+        """SIGTERM every idle worker (it exits at once), SIGKILL any still running an
+        abandoned job (nobody waits for its answer), reap for ``kill_grace``, then
+        SIGKILL what is left. Called once the waiting for work is over."""
         for slot in self.models.values():
-            for job in slot.queue.drain():
-                if not job.done:
-                    job.future.set_exception(Unavailable("the server is shutting down"))
+            for queued in slot.queue.drain():
+                if not queued.done:
+                    queued.future.set_exception(Unavailable("the server is shutting down"))
         handles = list(self.workers.values())
         for handle in handles:
             self._cancel_timer(handle)
             handle.retiring = True
             handle.retire_reason = "stopping"
-            if handle.job is not None and not handle.job.done:
-                handle.job.future.set_exception(Unavailable("the server is shutting down"))
+            job = handle.job
+            if job is not None and not job.done:
+                job.future.set_exception(Unavailable("the server is shutting down"))
             if handle.alive:
                 handle.stop_requested = True
                 handle.set_state(WorkerState.DRAINING, "stopping")
-                handle.kill(signal.SIGTERM)
+                handle.kill(signal.SIGKILL if job is not None else signal.SIGTERM)
             else:
                 handle.set_state(WorkerState.DEAD, "stopped")
                 self.workers.pop(handle.id, None)
@@ -706,7 +780,7 @@ class Pool:
         if waits:
             _, pending = await asyncio.wait(
                 [asyncio.ensure_future(w) for w in waits],
-                timeout=self.config.server.graceful_timeout if graceful else 1.0)
+                timeout=self.config.pool.kill_grace + 1.0)
             for task in pending:
                 task.cancel()
         for handle in handles:
@@ -724,11 +798,15 @@ class Pool:
         """Every model has a worker that can take a job, and the pool accepts work."""
         if self.draining or self.stopped:
             return False
+        serving = 0
         for name in self.models:
-            if not any(h.state in (WorkerState.READY, WorkerState.BUSY) and not h.retiring
-                       for h in self.handles(name)):
+            handles = [h for h in self.handles(name) if not h.retiring]
+            if not handles:
+                continue  # scaled to zero on purpose: nothing to wait for
+            if not any(h.state in (WorkerState.READY, WorkerState.BUSY) for h in handles):
                 return False
-        return True
+            serving += 1
+        return serving > 0
 
     def status(self) -> dict[str, Any]:
         workers = []

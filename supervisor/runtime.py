@@ -65,8 +65,11 @@ def write_token_file(port: int, token: str, url: str) -> Path:
 
 
 def remove_token_file(port: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        token_path(port).unlink()
+    """Remove this process's token file (never another server's on the same port)."""
+    path = token_path(port)
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
 
 
 def read_token_file(port: int, directory: Path | None = None) -> str | None:

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Generator
@@ -88,8 +90,16 @@ class Server(uvicorn.Server):
         self.pool.draining = True
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
+            self.pool.abort_wait = True
         else:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain the pool first, while the socket still answers: new requests get an
+        OpenAI-shaped 503, in-flight ones finish within graceful_timeout and the rest
+        are failed with 503. Then uvicorn closes the connections, all answered."""
+        await self.pool.stop(graceful=not self.force_exit)
+        await super().shutdown(sockets)
 
 
 class StartupRefused(RuntimeError):
@@ -134,18 +144,27 @@ async def _serve(config: Config, token: str, generated: bool) -> int:
             server.should_exit = True
 
     app = create_app(pool, config, admin_token=token, shutdown=shutdown)
-    await pool.start(wait=False)
     uv_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port, lifespan="off",
         log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(config.server.graceful_timeout) or None,
+        # The pool has drained by the time uvicorn waits; this is a backstop.
+        timeout_graceful_shutdown=max(1, math.ceil(config.server.graceful_timeout)),
     )
+    # Bind before anything else: a second server on a taken port must fail before
+    # it spawns workers or touches the running server's token file.
+    try:
+        sock = uv_config.bind_socket()
+    except (OSError, SystemExit) as exc:
+        logger.error("cannot listen on %s:%s: %s", config.server.host, config.server.port,
+                     exc if isinstance(exc, OSError) else "address unavailable")
+        return EXIT_REFUSED
     server = Server(uv_config, pool)
     halted: list[str] = []
-    port = config.server.port
+    port = sock.getsockname()[1]
     if generated:
         path = runtime.write_token_file(port, token, f"http://{config.server.host}:{port}")
         logger.info("admin token written to %s (mode 0600)", path)
+    await pool.start(wait=False)
 
     async def watch_boot() -> None:
         try:
@@ -158,12 +177,13 @@ async def _serve(config: Config, token: str, generated: bool) -> int:
 
     watcher = asyncio.ensure_future(watch_boot())
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
         try:
             await pool.stop(graceful=not server.force_exit and not halted)
         finally:
+            sock.close()
             if generated:
                 runtime.remove_token_file(port)
     return EXIT_HALTED if halted else EXIT_OK

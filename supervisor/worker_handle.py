@@ -71,6 +71,10 @@ class WorkerHandle:
         self.started_at = 0.0  # wall clock of the current process's spawn
         self.ready_at: float | None = None
         self.booted = False
+        #: Whether any process of this slot ever became ready.
+        self.ever_booted = False
+        #: The supervisor has sent this process a fatal signal: it takes no more jobs.
+        self.doomed = False
         self.jobs_done = 0
         self.last_job_end = 0.0
         self.restarts = 0
@@ -120,7 +124,8 @@ class WorkerHandle:
 
     @property
     def idle(self) -> bool:
-        return self.state is WorkerState.READY and self.job is None and self.alive
+        return self.state is WorkerState.READY and self.job is None and self.alive \
+            and not self.doomed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,8 +141,15 @@ class WorkerHandle:
             target=run, args=(self.spec, child_conn, child_control),
             name=f"asrpool-worker-{self.id}", daemon=True,
         )
+        try:
+            process.start()
+        except BaseException:
+            for conn in (parent_conn, child_conn, parent_control, child_control):
+                conn.close()
+            raise
         self.stop_requested = False
         self._dying = False
+        self.doomed = False
         self.fault_armed = False
         self.deadline_hit = False
         self.booted = False
@@ -145,7 +157,6 @@ class WorkerHandle:
         self.exited = asyncio.Event()
         self.ready_waiter = loop.create_future()
         self.set_state(WorkerState.STARTING, "spawning")
-        process.start()
         # The child holds its own copies now; ours would keep the pipe open after
         # the child died and hide the EOF.
         child_conn.close()

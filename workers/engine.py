@@ -91,6 +91,14 @@ class Engine:
         started = time.monotonic()
         if not data:
             raise AudioError("the uploaded file is empty")
+        declared = declared_seconds(data)
+        if declared is not None and declared > self.spec.max_audio_seconds + 1:
+            # Refuse before decoding: a few MB of compressed silence can decode into
+            # gigabytes of samples.
+            raise AudioError(
+                f"the audio is {declared:.1f} s long, over the limit of "
+                f"{self.spec.max_audio_seconds:g} s"
+            )
         try:
             audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
         except Exception as exc:  # noqa: BLE001 - PyAV raises many types on hostile media
@@ -184,6 +192,23 @@ class Engine:
         )
         return [{"start": round(s["start"] / SAMPLE_RATE, 3),
                  "end": round(s["end"] / SAMPLE_RATE, 3)} for s in spans]
+
+
+def declared_seconds(data: bytes) -> float | None:
+    """The duration a container declares in its header, without decoding; None when
+    it declares none (raw streams) or cannot be opened (the decoder then says why)."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if container.duration is not None:
+                return float(container.duration) / av.time_base
+            stream = next(iter(container.streams.audio), None)
+            if stream is not None and stream.duration is not None and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # noqa: BLE001 - hostile media: decode_audio reports it properly
+        return None
+    return None
 
 
 def _empty_result(audio: np.ndarray[Any, np.dtype[np.float32]], task: str) -> dict[str, Any]:

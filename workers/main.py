@@ -116,9 +116,30 @@ def _control_loop(control: Connection, pending: PendingFaults) -> None:
             fault = message.fault
             if fault.when == "now" and fault.kind not in ("raise", "slow"):
                 logger.warning("injecting fault %s now", fault.kind)
-                faults.fire(fault)
+                try:
+                    faults.fire(fault)
+                except BaseException:
+                    logger.exception("fault %s failed", fault.kind)
             else:
                 pending.add(fault)
+
+
+class _Stop:
+    """SIGTERM is a graceful stop: at once when idle, after the reply when busy.
+
+    A service manager (systemd's default KillMode) or ``kill -TERM -PGID`` signals
+    the whole process group; the job a worker holds must still reach its client.
+    """
+
+    busy = False
+    requested = False
+
+    @classmethod
+    def on_sigterm(cls, signum: int, frame: object) -> None:
+        if cls.busy:
+            cls.requested = True
+        else:
+            os._exit(EXIT_OK)
 
 
 def run(spec: WorkerSpec, conn: Connection, control: Connection) -> None:
@@ -126,6 +147,7 @@ def run(spec: WorkerSpec, conn: Connection, control: Connection) -> None:
     # Ctrl-C in a terminal signals the whole process group: the supervisor decides
     # when workers stop, so they ignore SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _Stop.on_sigterm)
     _die_with_parent()
     _limit_threads(spec.cpu_threads)
     _setup_logging(spec)
@@ -159,8 +181,13 @@ def run(spec: WorkerSpec, conn: Connection, control: Connection) -> None:
             conn.close()
             os._exit(EXIT_OK)
         if isinstance(message, Job):
+            _Stop.busy = True
             payload = conn.recv_bytes()
             conn.send(_serve_job(engine, conn, message, payload, pending))
+            _Stop.busy = False
+            if _Stop.requested:
+                logger.info("stopping after its job (SIGTERM)")
+                os._exit(EXIT_OK)
 
 
 def _serve_job(engine: Engine, conn: Connection, job: Job, payload: bytes,
