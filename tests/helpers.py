@@ -86,12 +86,14 @@ class Server:
         self.children: set[int] = set()
         self._log: BinaryIO | None = None
 
-    def start(self, wait_ready: bool = True, timeout: float = 60) -> Server:
+    def start(self, wait_ready: bool = True, timeout: float = 60,
+              new_session: bool = False) -> Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "serve", "--config", str(self.config_path),
              "--port", str(self.port), *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
+            start_new_session=new_session,
         )
         if wait_ready:
             wait_until(self.is_ready, timeout, "server /ready")

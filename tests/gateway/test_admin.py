@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import stat
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import Server, assert_openai_error, wait_until
+from tests.helpers import (
+    DEFAULT_CONFIG,
+    Server,
+    assert_openai_error,
+    running_server,
+    wait_until,
+)
 
 
 def test_admin_needs_the_token(server: Server) -> None:
@@ -104,3 +111,29 @@ def test_metrics(server: Server) -> None:
         assert name in text, name
     # The forced restart earlier in this module counted as a restart by its cause.
     assert 'asrpool_worker_restarts_total{model="tiny.en",reason="SIGKILL"}' in text
+
+
+def test_metric_labels_are_bounded(server: Server) -> None:
+    for i in range(3):
+        httpx.post(server.url + f"/v1/audio/nothing{i}", files={"file": ("a.wav", b"x")})
+    text = httpx.get(server.url + "/metrics").text
+    assert 'endpoint="other"' in text
+    assert "nothing0" not in text
+
+
+def test_scale_to_zero_fails_queued_requests_and_back() -> None:
+    config = DEFAULT_CONFIG.replace("workers = 2", "workers = 1")
+    with running_server(config) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(server.post_audio, "long.wav")
+        wait_until(lambda: server.status()["in_flight"] == 1, 30, "a running job")
+        queued = pool.submit(server.post_audio, "short.wav")
+        wait_until(lambda: server.status()["queue_depth"] == 1, 30, "a queued job")
+        response = server.admin("POST", "/admin/scale", {"workers": 0})
+        assert response.status_code == 200, response.text
+        assert running.result(timeout=90).status_code == 200  # it ran to its end
+        assert_openai_error(queued.result(timeout=30), 503)  # not left waiting
+        assert server.worker_pids() == {}
+        assert httpx.get(server.url + "/ready").status_code == 503
+        assert server.admin("POST", "/admin/scale", {"workers": 1}).status_code == 200
+        assert server.post_audio("short.wav").status_code == 200
+        server.remember_children()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import time
 
 import httpx
 import openai
@@ -242,3 +243,35 @@ def test_full_queue_gets_503_with_retry_after(reference: Reference) -> None:
         assert running.result(timeout=90).json()["text"] == reference.text("long.wav",
                                                                             temperature=0.0)
         assert queued.result(timeout=90).json()["text"] == reference.text("short.wav")
+
+
+def test_audio_longer_than_allowed_is_refused_before_decoding() -> None:
+    """Four hours of FLAC silence (under 1 MB) would decode into ~900 MB of samples:
+    its header's duration refuses it, fast, and no worker is hurt."""
+    config = DEFAULT_CONFIG.replace("[pool]", "[pool]\nmax_audio_seconds = 600")
+    with running_server(config) as small:
+        started = time.monotonic()
+        response = small.post_audio("four_hours_silence.flac")
+        error = assert_openai_error(response, 400, param="file", code="invalid_audio")
+        assert "14400.0 s long, over the limit of 600 s" in error["message"]
+        assert time.monotonic() - started < 5
+        assert all(w["restarts"] == 0 and w["rss_mb"] < 600 for w in small.status()["workers"])
+
+
+def test_clients_that_give_up_free_their_place_in_the_queue(reference: Reference) -> None:
+    """Queued jobs of clients that disconnected never run."""
+    config = DEFAULT_CONFIG.replace("workers = 2", "workers = 1")
+    with running_server(config) as server, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        running = pool.submit(server.post_audio, "long.wav", data={"temperature": "0"})
+        wait_until(lambda: server.status()["in_flight"] == 1, 30, "a running job")
+        impatient = [pool.submit(server.post_audio, "short.wav", timeout=0.5)
+                     for _ in range(2)]
+        for future in impatient:
+            with pytest.raises(httpx.TimeoutException):
+                future.result(timeout=30)
+        wait_until(lambda: server.status()["queue_depth"] == 0, 10, "the queue to empty")
+        assert running.result(timeout=90).status_code == 200
+        status = wait_until(lambda: server.status()["in_flight"] == 0 and server.status(), 30,
+                            "idle")
+        assert status["workers"][0]["jobs_done"] == 1  # the abandoned jobs never ran
+        assert server.post_audio("short.wav").json()["text"] == reference.text("short.wav")

@@ -201,3 +201,31 @@ def test_recycle_by_rss(reference: Reference) -> None:
             server.remember_children()
         wait_until(lambda: len(set(server.worker_pids()) - first) >= 1, 30, "a recycled worker")
         assert "MB > 50 MB" in server.log()
+
+
+def test_cli_bad_url_is_one_line() -> None:
+    for url in ("http://127.0.0.1:99999", "http://[::1"):
+        result = subprocess.run([sys.executable, "-m", "supervisor.cli", "status", "--url", url],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                check=False)
+        assert result.returncode in (1, 2), result
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_graceful_restart_lets_a_long_job_finish(reference: Reference) -> None:
+    """The job outlives graceful_timeout: the worker keeps it to the end (its deadline
+    is the bound), so it is neither killed nor blamed."""
+    config = DEFAULT_CONFIG.replace("graceful_timeout = 20", "graceful_timeout = 1")
+    with running_server(config) as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(server.post_audio, "long.wav", data={"temperature": "0"})
+        busy = wait_until(lambda: [w for w in server.status()["workers"]
+                                   if w["state"] == "busy"], 30, "a busy worker")
+        result = server.cli("restart", str(busy[0]["id"]))
+        assert result.returncode == 0, result.stderr
+        response = pending.result(timeout=90)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-asrpool-attempts"] == "1"
+        assert response.json()["text"] == reference.text("long.wav", temperature=0.0)
+        assert server.status()["quarantined"] == []
+        server.remember_children()

@@ -422,3 +422,24 @@ def test_resolve_file_is_not_a_directory(tmp_path: Path) -> None:
     path = tmp_path / "model.bin"
     path.write_bytes(b"")
     assert resolve_model_source(str(path)) == str(path)
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"pool": {"kill_grace": float("nan")}}, "pool.kill_grace"),
+    ({"pool": {"job_deadline_per_audio_second": float("nan")}},
+     "pool.job_deadline_per_audio_second"),
+    ({"server": {"graceful_timeout": float("inf")}}, "server.graceful_timeout"),
+    ({"pool": {"max_attempts": 11}}, "pool.max_attempts"),
+    ({"models": [{"name": "m", "vad": {"threshold": float("nan")}}]},
+     "models[0].vad.threshold"),
+])
+def test_non_finite_and_out_of_policy_values(data: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(data, "x.toml")
+    assert info.value.key == key
+
+
+def test_unbounded_max_speech_duration_is_allowed() -> None:
+    config = config_from_mapping({"models": [{"name": "m",
+                                              "vad": {"max_speech_duration_s": float("inf")}}]})
+    assert config.models[0].vad.max_speech_duration_s == float("inf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import httpx
 import pytest
 
+from tests.conftest import Reference
 from tests.helpers import (
     DEFAULT_CONFIG,
     ROOT,
@@ -108,5 +110,41 @@ def test_second_sigint_forces_the_stop() -> None:
         if response is not None:
             assert_openai_error(response, 503)
         wait_until(lambda: all(process_gone(p) for p in workers.values()), 5, "workers gone")
+    finally:
+        server.close()
+
+
+def test_a_second_server_on_a_taken_port_leaves_the_first_alone() -> None:
+    with running_server() as first:
+        token = first.token()
+        second = subprocess.run(
+            [sys.executable, "-m", "supervisor.cli", "serve", "--port", str(first.port)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=first.env, check=False)
+        assert second.returncode == 2, second.stderr
+        assert "cannot listen on" in second.stderr
+        assert "spawned" not in second.stderr  # it failed before starting any worker
+        assert first.token() == token  # the first server's token file is untouched
+        assert first.cli("status").returncode == 0
+
+
+def test_sigterm_to_the_process_group_lets_jobs_finish(reference: Reference) -> None:
+    """A service manager stops the whole group: every worker gets SIGTERM too, and
+    must still finish the job it holds."""
+    server = Server()
+    try:
+        server.start(wait_ready=False, new_session=True)
+        wait_until(server.is_ready, 60, "ready")
+        server.remember_children()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(server.post_audio, "long.wav", data={"temperature": "0"})
+            wait_until(lambda: server.status()["in_flight"] == 1, 30, "a running job")
+            os.killpg(server.pid, signal.SIGTERM)
+            response = pending.result(timeout=90)
+        assert response.status_code == 200, response.text
+        assert response.json()["text"] == reference.text("long.wav", temperature=0.0)
+        assert response.headers["x-asrpool-attempts"] == "1"
+        assert server.proc is not None and server.proc.wait(timeout=30) == 0
+        assert server.log().count(": spawned") == 2  # nothing was respawned while stopping
+        server.assert_no_children_left()
     finally:
         server.close()

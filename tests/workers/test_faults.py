@@ -286,6 +286,21 @@ def test_input_that_crashes_every_worker_is_quarantined(pool: Server,
     assert ok.headers["x-asrpool-attempts"] == "1"
 
 
+def test_copies_of_a_poison_input_share_one_verdict(pool: Server) -> None:
+    """Deaths are counted per input, across requests: four copies sent at once crash
+    max_attempts workers (plus at most the other copy already running), not 4 x 3."""
+    before = settle(pool, 2)
+    fault = {"X-Asrpool-Fault": "abort"}
+    with concurrent.futures.ThreadPoolExecutor(4) as executor:
+        responses = list(executor.map(
+            lambda _: pool.post_audio("speech.flac", headers=fault), range(4)))
+    for response in responses:
+        assert_openai_error(response, 422, code="input_crashed_worker")
+    after = settle(pool, 2)
+    deaths = sum(after[i]["restarts"] - before[i]["restarts"] for i in before)
+    assert 3 <= deaths <= 4, deaths
+
+
 def test_input_that_hangs_every_worker_is_quarantined(solo: Server,
                                                       reference: Reference) -> None:
     before = settle(solo, 1)
