@@ -181,8 +181,10 @@ def cmd_inject(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     from supervisor import chaos
 
-    if args.clients < 1 or not args.duration > 0 or not args.rate > 0:
-        raise CLIError("--clients must be >= 1, --duration and --rate > 0", code=2)
+    if args.clients < 1 or not args.duration > 0 or not args.rate >= 0 \
+            or args.rolling_restarts < 0:
+        raise CLIError("--clients must be >= 1, --duration > 0, --rate and "
+                       "--rolling-restarts >= 0", code=2)
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     unknown = [f for f in faults if f not in FAULT_KINDS]
     if unknown or not faults:
@@ -193,7 +195,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         return chaos.main(args.url, token, clients=args.clients, duration=args.duration,
                           rate=args.rate, faults=faults, seed=args.seed,
                           audio_paths=args.audio, workers=args.workers, out=args.out,
-                          server_log=args.server_log)
+                          server_log=args.server_log, rolling_restarts=args.rolling_restarts)
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
 
@@ -237,7 +239,10 @@ def _add_chaos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--token", help="its admin token (default: as the other commands)")
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of chaos (60)")
-    p.add_argument("--rate", type=float, default=1.0, help="faults per second (1)")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="faults per second (1; 0: none, then no request may fail)")
+    p.add_argument("--rolling-restarts", type=int, default=0, metavar="N",
+                   help="also run N rolling restarts of the pool (restart --all)")
     p.add_argument("--faults", default="segv,abort,exit,hang,kill",
                    help="comma-separated fault kinds (segv,abort,exit,hang,kill)")
     p.add_argument("--seed", type=int, help="random seed, to replay a run")

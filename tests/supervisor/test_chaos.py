@@ -76,3 +76,18 @@ def test_judge(report: dict[str, object], broken: set[str]) -> None:
 
 def test_judge_without_children_count() -> None:
     assert "no_child_left" not in judge(_report(children_left=None))
+
+
+def test_judge_without_faults_demands_no_failure() -> None:
+    clean = _report(fault_rate_per_s=0, faults_injected_total=0,
+                    requests={"lost": 0, "mismatched_transcripts": 0, "failed_by_code": {}},
+                    rolling_restarts={"done": 3, "failed": []})
+    checks = judge(clean)
+    assert "faults_were_injected" not in checks
+    assert all(checks.values()) and checks["rolling_restarts_succeeded"]
+    failed = _report(fault_rate_per_s=0, faults_injected_total=0,
+                     requests={"lost": 0, "mismatched_transcripts": 0,
+                               "failed_by_code": {"unavailable": 1}},
+                     rolling_restarts={"done": 3, "failed": ["500: boom"]})
+    checks = judge(failed)
+    assert not checks["no_request_failed"] and not checks["rolling_restarts_succeeded"]
