@@ -96,9 +96,17 @@ class Server:
             start_new_session=new_session,
         )
         if wait_ready:
-            wait_until(self.is_ready, timeout, "server /ready")
+            # /ready is 200 once each model has one ready worker; tests start from a
+            # pool whose every worker is ready.
+            wait_until(self.all_ready, timeout, "every worker ready")
             self.remember_children()
         return self
+
+    def all_ready(self) -> bool:
+        if not self.is_ready():
+            return False
+        workers = self.ready_body()["workers"]
+        return bool(workers) and all(w["state"] == "ready" for w in workers)
 
     @property
     def pid(self) -> int:
