@@ -49,7 +49,6 @@ from supervisor.protocol import (
     JobFailed,
     JobStarted,
     Ready,
-    WorkerError,
     WorkerMessage,
     WorkerSpec,
 )
@@ -412,8 +411,6 @@ class Pool:
             if handle.state is WorkerState.BUSY:
                 handle.set_state(WorkerState.READY)
             self._after_idle(handle, after_job=True)
-        elif isinstance(message, WorkerError):
-            logger.error("worker %s pid %s: %s", handle.id, handle.pid, message.message)
 
     def _after_idle(self, handle: WorkerHandle, after_job: bool = False) -> None:
         """A worker has no job: retire it, recycle it (only ever right after a job),

@@ -8,7 +8,7 @@ Both sides import this module; it imports nothing heavy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Exit codes of a worker process. Codes under 0 are signals (multiprocessing's
@@ -127,16 +127,8 @@ class JobFailed:
     param: str | None = None
 
 
-@dataclass(frozen=True)
-class WorkerError:
-    """Anything the worker wants logged in the parent's log."""
-
-    message: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 ParentMessage = Job | Shutdown
-WorkerMessage = Ready | BootFailed | JobStarted | JobDone | JobFailed | WorkerError
+WorkerMessage = Ready | BootFailed | JobStarted | JobDone | JobFailed
 
 
 # ----------------------------------------------------------------- exit classification

@@ -75,28 +75,33 @@ def fire(fault: Fault) -> None:
 ON_JOB_THREAD = ("hang", "raise", "slow")
 
 
-def fire_during(fault: Fault) -> threading.Timer | None:
-    """Arm a process-killing fault to go off while the model runs.
+class ArmedFault:
+    """A process-killing fault set to go off from a timer thread while the model
+    runs in native code."""
 
-    Returns the armed timer, or None when the fault must run on the job thread
-    (the caller then runs it before calling the model).
-    """
+    def __init__(self, fault: Fault, delay: float = 0.05) -> None:
+        self.fault = fault
+        self.began = threading.Event()
+        self._timer = threading.Timer(delay, self._go)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _go(self) -> None:
+        self.began.set()
+        fire(self.fault)
+
+    def settle(self) -> None:
+        """Called when the model is done: if the timer has not begun (a short job),
+        fire now, so the fault still lands inside the job."""
+        self._timer.cancel()
+        self._timer.join()
+        if not self.began.is_set():
+            fire(self.fault)
+
+
+def fire_during(fault: Fault) -> ArmedFault | None:
+    """Arm a process-killing fault to go off while the model runs; None when the
+    fault must run on the job thread (the caller runs it before the model)."""
     if fault.kind in ON_JOB_THREAD:
         return None
-    timer = threading.Timer(0.05, _fire_from_timer, args=(fault,))
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-_fired: set[int] = set()
-
-
-def _fire_from_timer(fault: Fault) -> None:
-    _fired.add(threading.get_ident())
-    fire(fault)
-
-
-def has_fired(timer: threading.Timer) -> bool:
-    """Whether an armed timer began its fault (it may have finished, as leak does)."""
-    return timer.ident in _fired
+    return ArmedFault(fault)

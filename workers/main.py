@@ -230,19 +230,16 @@ class _DuringJob:
 
     def __init__(self, armed: list[Fault]) -> None:
         self.armed = armed
-        self.timers: list[tuple[threading.Timer, Fault]] = []
+        self.timed: list[faults.ArmedFault] = []
 
     def __enter__(self) -> None:
         for fault in self.armed:
-            timer = faults.fire_during(fault)
-            if timer is None:
+            timed = faults.fire_during(fault)
+            if timed is None:
                 faults.fire(fault)
             else:
-                self.timers.append((timer, fault))
+                self.timed.append(timed)
 
     def __exit__(self, *exc: object) -> None:
-        for timer, fault in self.timers:
-            timer.cancel()
-            timer.join()
-            if not faults.has_fired(timer):
-                faults.fire(fault)
+        for timed in self.timed:
+            timed.settle()
