@@ -7,7 +7,6 @@ naming the key and the file, so ``asrpool serve`` stops before any worker starts
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -400,8 +399,3 @@ def resolve_model_source(source: str) -> str:
     if path.is_dir():
         return str(path.resolve())
     return source
-
-
-def as_dict(obj: Any) -> Any:
-    """A JSON-friendly view of a config object (for status and logs)."""
-    return dataclasses.asdict(obj)

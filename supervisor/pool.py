@@ -26,6 +26,7 @@ from supervisor.dispatch import (
     JobQueue,
     PendingJob,
     Quarantine,
+    QuarantineEntry,
     Verdict,
     describe_failures,
     fingerprint,
@@ -236,10 +237,7 @@ class Pool:
         fp = fingerprint(payload, task, {**options, "fault": fault})
         entry = self.quarantine.get(fp)
         if entry is not None:
-            raise InputCrashedWorker(
-                f"this input is quarantined: it crashed every worker it ran on ({entry.reason})",
-                (entry.reason,), fp,
-            )
+            raise quarantined_error(entry)
         handles = [h for h in self.handles(slot.config.name) if not h.retiring]
         if handles and all(h.boot_error for h in handles):
             raise Unavailable(f"model '{slot.config.name}' is unavailable: "
@@ -288,9 +286,7 @@ class Pool:
         if entry is None:
             return False
         if not job.done:
-            job.future.set_exception(InputCrashedWorker(
-                f"this input is quarantined: it crashed every worker it ran on "
-                f"({entry.reason})", (entry.reason,), job.fingerprint))
+            job.future.set_exception(quarantined_error(entry))
         return True
 
     def _assign(self, handle: WorkerHandle, job: PendingJob) -> None:
@@ -627,9 +623,9 @@ class Pool:
             handle.kill(signal.SIGKILL)
             await asyncio.wait_for(handle.exited.wait(), 10)
 
-    def _select(self, ids: Iterable[int] | None, model: str | None = None) -> list[WorkerHandle]:
+    def _select(self, ids: Iterable[int] | None) -> list[WorkerHandle]:
         if ids is None:
-            return [h for h in self.handles(model) if not h.retiring]
+            return [h for h in self.handles() if not h.retiring]
         selected = []
         for worker_id in ids:
             if worker_id not in self.workers:
@@ -838,6 +834,13 @@ class Pool:
                 for e in self.quarantine.entries()
             ],
         }
+
+
+def quarantined_error(entry: QuarantineEntry) -> InputCrashedWorker:
+    """The refusal of a quarantined input, before or after it was queued."""
+    return InputCrashedWorker(
+        f"this input is quarantined: it crashed every worker it ran on ({entry.reason})",
+        (entry.reason,), entry.fingerprint)
 
 
 def choose_worker(idle: list[WorkerHandle]) -> WorkerHandle:

@@ -127,7 +127,6 @@ class JobFailed:
     param: str | None = None
 
 
-ParentMessage = Job | Shutdown
 WorkerMessage = Ready | BootFailed | JobStarted | JobDone | JobFailed
 
 
