@@ -157,6 +157,11 @@ def test_drain_then_stop(reference: Reference) -> None:
         server.close()
 
 
+def _running_and_queued(server: Server, running: int, queued: int) -> bool:
+    status = server.status()
+    return bool(status["in_flight"] == running and status["queue_depth"] == queued)
+
+
 def test_sigterm_with_requests_in_flight(reference: Reference) -> None:
     server = Server().start()
     try:
@@ -164,7 +169,10 @@ def test_sigterm_with_requests_in_flight(reference: Reference) -> None:
             # temperature 0: no sampling fallback, so the answers are deterministic.
             pending = [pool.submit(server.post_audio, f, data={"temperature": "0"}) for f in
                        ("long.wav", "speech.wav", "short.wav")]
-            wait_until(lambda: server.status()["in_flight"] == 2, 30, "two requests running")
+            # Two running and the third queued: all three were accepted before the
+            # signal (one arriving after it would rightly get 503).
+            wait_until(lambda: _running_and_queued(server, 2, 1), 30,
+                       "two requests running and one queued")
             server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             responses = [p.result(timeout=90) for p in pending]
         for fixture, response in zip(("long.wav", "speech.wav", "short.wav"), responses):
